@@ -1,0 +1,229 @@
+//! Bodies on the data path: streamed frame by frame with an idle timeout, never
+//! collected.
+//!
+//! A body that stalls longer than its idle timeout ends in an error, so hyper aborts
+//! the transfer (connection closed or stream reset) and the receiver can tell it is
+//! incomplete; a body must never end early as if it were complete. This module must
+//! never buffer more than the frame in hand.
+
+use std::error::Error as StdError;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::Full;
+use http_body_util::combinators::UnsyncBoxBody;
+use pin_project_lite::pin_project;
+use tokio::time::{Instant, Sleep};
+
+use crate::conn::InflightGuard;
+
+/// Boxed error carried by bodies.
+pub type BoxError = Box<dyn StdError + Send + Sync>;
+
+/// A request body on its way to a provider, whatever protocol it arrived on.
+pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// Why a streamed body stopped before its end.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    /// No data for longer than the idle timeout.
+    #[error("body idle for more than {0:?}")]
+    Idle(Duration),
+    /// The other side failed or went away.
+    #[error("body stream failed: {0}")]
+    Stream(#[source] BoxError),
+}
+
+pin_project! {
+    /// Passes frames through, failing if the next one takes longer than `idle`.
+    #[derive(Debug)]
+    pub struct TimedBody<B> {
+        #[pin]
+        inner: B,
+        #[pin]
+        sleep: Sleep,
+        idle: Duration,
+        // Moved forward per frame; the timer is re-armed only when it fires early,
+        // which keeps timer-wheel work off the per-frame path.
+        deadline: Instant,
+    }
+}
+
+impl<B> TimedBody<B> {
+    /// Wraps `inner` with an idle timeout.
+    pub fn new(inner: B, idle: Duration) -> Self {
+        let deadline = Instant::now() + idle;
+        TimedBody {
+            inner,
+            sleep: tokio::time::sleep_until(deadline),
+            idle,
+            deadline,
+        }
+    }
+}
+
+impl<B> Body for TimedBody<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let mut this = self.project();
+        match this.inner.poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                *this.deadline = Instant::now() + *this.idle;
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(BodyError::Stream(e.into())))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => loop {
+                ready!(this.sleep.as_mut().poll(cx));
+                if Instant::now() >= *this.deadline {
+                    return Poll::Ready(Some(Err(BodyError::Idle(*this.idle))));
+                }
+                let deadline = *this.deadline;
+                this.sleep.as_mut().reset(deadline);
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+pin_project! {
+    /// What the edge sends back to a client: a provider's streamed response, or a
+    /// small answer the edge wrote itself. Either way it holds the connection's
+    /// in-flight mark until it is finished or dropped.
+    /// Fields: `body` is the data, `guard` the in-flight mark.
+    #[project = ResponseBodyProj]
+    #[derive(Debug)]
+    #[allow(missing_docs)]
+    pub enum ResponseBody {
+        /// Streamed from a provider.
+        Upstream {
+            #[pin]
+            body: TimedBody<hyper::body::Incoming>,
+            guard: Option<InflightGuard>,
+        },
+        /// Written by the edge.
+        Local {
+            #[pin]
+            body: Full<Bytes>,
+            guard: Option<InflightGuard>,
+        },
+    }
+}
+
+impl ResponseBody {
+    /// A body the edge writes itself.
+    pub fn local(bytes: impl Into<Bytes>, guard: Option<InflightGuard>) -> Self {
+        ResponseBody::Local {
+            body: Full::new(bytes.into()),
+            guard,
+        }
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match self.project() {
+            ResponseBodyProj::Upstream { body, .. } => body.poll_frame(cx),
+            ResponseBodyProj::Local { body, .. } => {
+                body.poll_frame(cx).map_err(|never| match never {})
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ResponseBody::Upstream { body, .. } => body.is_end_stream(),
+            ResponseBody::Local { body, .. } => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ResponseBody::Upstream { body, .. } => body.size_hint(),
+            ResponseBody::Local { body, .. } => body.size_hint(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{BodyExt, StreamBody};
+
+    #[tokio::test(start_paused = true)]
+    async fn stalled_body_fails_instead_of_ending() {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(1);
+        let stream =
+            futures_util::stream::unfold(
+                rx,
+                |mut rx| async move { rx.recv().await.map(|x| (x, rx)) },
+            );
+        let mut body = std::pin::pin!(TimedBody::new(
+            StreamBody::new(stream),
+            Duration::from_secs(5)
+        ));
+        tx.send(Ok(Frame::data(Bytes::from_static(b"abc"))))
+            .await
+            .unwrap();
+        let f = body.frame().await.unwrap().unwrap();
+        assert_eq!(f.into_data().unwrap(), "abc");
+        // Nothing more arrives, and the sender stays open: the body must error.
+        let err = body.frame().await.unwrap().unwrap_err();
+        assert!(matches!(err, BodyError::Idle(_)), "{err}");
+        drop(tx);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn steady_frames_keep_the_body_alive() {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(1);
+        let stream =
+            futures_util::stream::unfold(
+                rx,
+                |mut rx| async move { rx.recv().await.map(|x| (x, rx)) },
+            );
+        let mut body = std::pin::pin!(TimedBody::new(
+            StreamBody::new(stream),
+            Duration::from_secs(5)
+        ));
+        let sender = tokio::spawn(async move {
+            for _ in 0..10 {
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                tx.send(Ok(Frame::data(Bytes::from_static(b"x"))))
+                    .await
+                    .unwrap();
+            }
+        });
+        let mut n = 0;
+        while let Some(frame) = body.frame().await {
+            frame.unwrap();
+            n += 1;
+        }
+        assert_eq!(n, 10);
+        sender.await.unwrap();
+    }
+}

@@ -1,0 +1,621 @@
+//! The edge's TOML configuration: parsed, checked and resolved before anything serves.
+//!
+//! Every error names the offending key (as a dotted path) and its line, so an operator
+//! can fix a file without guessing. This module only reads files; it never opens a
+//! socket, and a config that fails here is never half-applied.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use meridian_proto::{ProviderId, ProviderSpec, ProviderState, Scheme};
+use serde::{Deserialize, Deserializer};
+use toml::Spanned;
+
+/// A configuration that could not be accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or does not fit the schema.
+    #[error("{file}: line {line}: key `{key}`: {message}")]
+    Invalid {
+        /// The file (or `<inline>`).
+        file: String,
+        /// 1-based line of the offending key, 0 when unknown.
+        line: usize,
+        /// Dotted path of the key, e.g. `providers[1].endpoint.address`.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// A duration written as `250ms`, `10s`, `5m` or `1h`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl FromStr for HumanDuration {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("`{s}` is not a duration; write e.g. `250ms`, `10s`, `5m`"))?;
+        let d = match unit {
+            "ms" => Duration::from_millis(n),
+            "s" => Duration::from_secs(n),
+            "m" => Duration::from_secs(n.saturating_mul(60)),
+            "h" => Duration::from_secs(n.saturating_mul(3600)),
+            _ => return Err(format!("`{s}` has no unit; use ms, s, m or h")),
+        };
+        Ok(HumanDuration(d))
+    }
+}
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A CIDR block; a bare address means a single host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cidr(pub IpNet);
+
+impl<'de> Deserialize<'de> for Cidr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if let Ok(net) = s.parse::<IpNet>() {
+            return Ok(Cidr(net.trunc()));
+        }
+        s.parse::<IpAddr>()
+            .map(|ip| Cidr(IpNet::from(ip)))
+            .map_err(|_| serde::de::Error::custom(format!("`{s}` is not a CIDR block or address")))
+    }
+}
+
+/// The file as written (after schema checks, before cross-field checks).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    listeners: RawListeners,
+    #[serde(default)]
+    tls: Option<RawTls>,
+    #[serde(default)]
+    limits: Limits,
+    #[serde(default)]
+    upstream: UpstreamConfig,
+    #[serde(default)]
+    forwarding: RawForwarding,
+    #[serde(default)]
+    shutdown: ShutdownConfig,
+    #[serde(default)]
+    providers: Vec<Spanned<ProviderSpec>>,
+    routing: RawRouting,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListeners {
+    http: Option<SocketAddr>,
+    https: Option<Spanned<SocketAddr>>,
+    admin: Option<SocketAddr>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    #[serde(default)]
+    default_certificate: Option<Spanned<String>>,
+    #[serde(default)]
+    certificates: Vec<RawCertificate>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCertificate {
+    name: Spanned<String>,
+    server_names: Spanned<Vec<String>>,
+    cert: Spanned<PathBuf>,
+    key: Spanned<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawForwarding {
+    #[serde(default)]
+    trusted_hops: Vec<Cidr>,
+    #[serde(default)]
+    via: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRouting {
+    default_provider: Spanned<ProviderId>,
+    #[serde(default)]
+    hosts: Vec<RawHostRoute>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHostRoute {
+    host: Spanned<String>,
+    provider: Spanned<ProviderId>,
+}
+
+/// Limits that protect the edge from its clients.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Most client connections open at once; further ones wait in the kernel backlog.
+    pub max_connections: u32,
+    /// Largest request header block (request line included); larger gets 431.
+    pub max_header_bytes: u32,
+    /// Most header fields in one request; more gets 431.
+    pub max_headers: u32,
+    /// Longest request target; longer gets 414.
+    pub max_uri_bytes: u32,
+    /// Time a client has to send a whole request header block once it started one.
+    pub header_read_timeout: HumanDuration,
+    /// Time a TLS handshake may take.
+    pub tls_handshake_timeout: HumanDuration,
+    /// A connection with no request in flight is closed after this long.
+    pub idle_timeout: HumanDuration,
+    /// HTTP/2: most concurrent streams a client may open on one connection.
+    pub h2_max_concurrent_streams: u32,
+    /// HTTP/2: most streams reset by the client but not yet accepted (rapid-reset defence).
+    pub h2_max_pending_accept_reset_streams: u32,
+    /// HTTP/2: most streams the edge may reset for protocol errors before it closes
+    /// the connection (reset-flood defence).
+    pub h2_max_local_error_reset_streams: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 10_000,
+            max_header_bytes: 64 * 1024,
+            max_headers: 128,
+            max_uri_bytes: 8 * 1024,
+            header_read_timeout: HumanDuration(Duration::from_secs(10)),
+            tls_handshake_timeout: HumanDuration(Duration::from_secs(10)),
+            idle_timeout: HumanDuration(Duration::from_secs(60)),
+            h2_max_concurrent_streams: 128,
+            h2_max_pending_accept_reset_streams: 32,
+            h2_max_local_error_reset_streams: 256,
+        }
+    }
+}
+
+/// How the edge talks to providers.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamConfig {
+    /// TCP connect plus TLS handshake; past it the client gets 504.
+    pub connect_timeout: HumanDuration,
+    /// From sending the request to the provider's response head; past it, 504.
+    pub response_header_timeout: HumanDuration,
+    /// Longest wait for the next body chunk in either direction once a body flows;
+    /// past it the transfer is aborted (never cut short silently).
+    pub body_idle_timeout: HumanDuration,
+    /// Idle pooled connections are closed after this long.
+    pub pool_idle_timeout: HumanDuration,
+    /// Idle connections kept per provider.
+    pub max_idle_per_provider: u32,
+    /// PEM bundle of CAs trusted for TLS providers; system roots when absent.
+    pub ca_file: Option<PathBuf>,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        UpstreamConfig {
+            connect_timeout: HumanDuration(Duration::from_secs(3)),
+            response_header_timeout: HumanDuration(Duration::from_secs(30)),
+            body_idle_timeout: HumanDuration(Duration::from_secs(30)),
+            pool_idle_timeout: HumanDuration(Duration::from_secs(90)),
+            max_idle_per_provider: 64,
+            ca_file: None,
+        }
+    }
+}
+
+/// Graceful shutdown.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownConfig {
+    /// How long in-flight requests may take to finish after SIGTERM or SIGINT.
+    pub drain_timeout: HumanDuration,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig {
+            drain_timeout: HumanDuration(Duration::from_secs(30)),
+        }
+    }
+}
+
+/// One certificate and the server names it answers for.
+#[derive(Clone, Debug)]
+pub struct CertificateConfig {
+    /// Name used by `tls.default_certificate`.
+    pub name: String,
+    /// Exact names, or `*.suffix` wildcards matching one label.
+    pub server_names: Vec<String>,
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
+
+/// TLS for the HTTPS listener.
+#[derive(Clone, Debug, Default)]
+pub struct TlsConfig {
+    /// Certificates chosen by SNI.
+    pub certificates: Vec<CertificateConfig>,
+    /// Index into `certificates` used when SNI is absent or unknown; without it such
+    /// handshakes fail.
+    pub default_certificate: Option<usize>,
+}
+
+/// Addresses the edge listens on.
+#[derive(Clone, Debug)]
+pub struct Listeners {
+    /// Plain HTTP/1.1.
+    pub http: Option<SocketAddr>,
+    /// HTTPS with ALPN h2 and http/1.1.
+    pub https: Option<SocketAddr>,
+    /// Health endpoints; keep it on loopback.
+    pub admin: Option<SocketAddr>,
+}
+
+/// Which peers may set forwarding headers, and how the edge names itself.
+#[derive(Clone, Debug)]
+pub struct Forwarding {
+    /// Peers whose `Forwarded` / `X-Forwarded-*` headers are kept and appended to.
+    pub trusted_hops: Vec<IpNet>,
+    /// Pseudonym in `Via`.
+    pub via: String,
+}
+
+impl Forwarding {
+    /// Whether `ip` is a trusted hop.
+    pub fn is_trusted(&self, ip: IpAddr) -> bool {
+        let ip = canonical_ip(ip);
+        self.trusted_hops.iter().any(|net| net.contains(&ip))
+    }
+}
+
+/// An IPv4-mapped IPv6 address as the IPv4 address it carries.
+pub fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    }
+}
+
+/// Static routing until the residency policy engine owns the decision: a request's
+/// `Host` picks a provider, anything else goes to the default.
+#[derive(Clone, Debug)]
+pub struct Routing {
+    /// Provider for hosts not listed.
+    pub default_provider: ProviderId,
+    /// `(lower-case host, provider)`.
+    pub hosts: Vec<(String, ProviderId)>,
+}
+
+/// A checked configuration, every path resolved against the file's directory.
+#[derive(Clone, Debug)]
+pub struct EdgeConfig {
+    /// Listening addresses.
+    pub listeners: Listeners,
+    /// Certificates, when HTTPS is on.
+    pub tls: TlsConfig,
+    /// Client-facing limits.
+    pub limits: Limits,
+    /// Provider-facing behaviour.
+    pub upstream: UpstreamConfig,
+    /// Forwarding headers.
+    pub forwarding: Forwarding,
+    /// Shutdown behaviour.
+    pub shutdown: ShutdownConfig,
+    /// Providers, in file order.
+    pub providers: Vec<ProviderSpec>,
+    /// Host to provider.
+    pub routing: Routing,
+}
+
+impl EdgeConfig {
+    /// Reads and checks a config file.
+    pub fn load(path: &Path) -> Result<EdgeConfig, ConfigError> {
+        let src = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or_else(|| Path::new("."));
+        Self::parse(&src, &path.display().to_string(), base)
+    }
+
+    /// Checks a config held in memory; relative paths resolve against `base`.
+    pub fn parse(src: &str, file: &str, base: &Path) -> Result<EdgeConfig, ConfigError> {
+        let at = |span: Option<Range<usize>>, key: &str, message: String| ConfigError::Invalid {
+            file: file.to_owned(),
+            line: span.map(|s| line_of(src, s.start)).unwrap_or(0),
+            key: key.to_owned(),
+            message,
+        };
+
+        let de =
+            toml::Deserializer::parse(src).map_err(|e| at(e.span(), "", e.message().into()))?;
+        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner();
+            at(inner.span(), &key, inner.message().to_owned())
+        })?;
+
+        let limits = raw.limits;
+        check_limits(&limits).map_err(|(key, msg)| at(None, &format!("limits.{key}"), msg))?;
+
+        let mut ids = HashSet::new();
+        let mut providers = Vec::with_capacity(raw.providers.len());
+        for (i, p) in raw.providers.into_iter().enumerate() {
+            let span = p.span();
+            let p = p.into_inner();
+            let key = |k: &str| format!("providers[{i}].{k}");
+            if p.id.as_str().is_empty() {
+                return Err(at(Some(span), &key("id"), "must not be empty".into()));
+            }
+            if !ids.insert(p.id.clone()) {
+                return Err(at(
+                    Some(span),
+                    &key("id"),
+                    format!("duplicate provider id `{}`", p.id),
+                ));
+            }
+            if !p.endpoint.address.contains(':') || p.endpoint.host_part().is_empty() {
+                return Err(at(
+                    Some(span),
+                    &key("endpoint.address"),
+                    format!("`{}` is not host:port", p.endpoint.address),
+                ));
+            }
+            if p.max_connections == 0 {
+                return Err(at(
+                    Some(span),
+                    &key("max_connections"),
+                    "must be at least 1".into(),
+                ));
+            }
+            if p.endpoint.scheme == Scheme::Http && p.endpoint.sni.is_some() {
+                return Err(at(
+                    Some(span),
+                    &key("endpoint.sni"),
+                    "only meaningful with scheme = \"https\"".into(),
+                ));
+            }
+            providers.push(p);
+        }
+
+        let known = |id: &Spanned<ProviderId>, key: &str| match providers
+            .iter()
+            .find(|p| &p.id == id.get_ref())
+        {
+            None => Err(at(
+                Some(id.span()),
+                key,
+                format!("unknown provider `{}`", id.get_ref()),
+            )),
+            Some(p) if p.state == ProviderState::Disabled => Err(at(
+                Some(id.span()),
+                key,
+                format!("provider `{}` is disabled", id.get_ref()),
+            )),
+            Some(_) => Ok(id.get_ref().clone()),
+        };
+        let default_provider = known(&raw.routing.default_provider, "routing.default_provider")?;
+        let mut hosts = Vec::with_capacity(raw.routing.hosts.len());
+        for (i, r) in raw.routing.hosts.iter().enumerate() {
+            let provider = known(&r.provider, &format!("routing.hosts[{i}].provider"))?;
+            let host = r.host.get_ref().to_ascii_lowercase();
+            if hosts.iter().any(|(h, _)| *h == host) {
+                return Err(at(
+                    Some(r.host.span()),
+                    &format!("routing.hosts[{i}].host"),
+                    format!("host `{host}` is routed twice"),
+                ));
+            }
+            hosts.push((host, provider));
+        }
+
+        let mut tls = TlsConfig::default();
+        if let Some(raw_tls) = raw.tls {
+            for (i, c) in raw_tls.certificates.into_iter().enumerate() {
+                let key = |k: &str| format!("tls.certificates[{i}].{k}");
+                if tls.certificates.iter().any(|x| x.name == *c.name.get_ref()) {
+                    return Err(at(
+                        Some(c.name.span()),
+                        &key("name"),
+                        format!("duplicate certificate name `{}`", c.name.get_ref()),
+                    ));
+                }
+                if c.server_names.get_ref().is_empty() {
+                    return Err(at(
+                        Some(c.server_names.span()),
+                        &key("server_names"),
+                        "must not be empty".into(),
+                    ));
+                }
+                for name in c.server_names.get_ref() {
+                    if name.is_empty() || name[name.starts_with("*.") as usize * 2..].contains('*')
+                    {
+                        return Err(at(
+                            Some(c.server_names.span()),
+                            &key("server_names"),
+                            format!(
+                                "`{name}`: only exact names and a leading `*.` wildcard are allowed"
+                            ),
+                        ));
+                    }
+                }
+                for (field, path) in [("cert", &c.cert), ("key", &c.key)] {
+                    let resolved = base.join(path.get_ref());
+                    if !resolved.is_file() {
+                        return Err(at(
+                            Some(path.span()),
+                            &key(field),
+                            format!("file {} does not exist", resolved.display()),
+                        ));
+                    }
+                }
+                tls.certificates.push(CertificateConfig {
+                    name: c.name.into_inner(),
+                    server_names: c
+                        .server_names
+                        .into_inner()
+                        .iter()
+                        .map(|n| n.to_ascii_lowercase())
+                        .collect(),
+                    cert: base.join(c.cert.into_inner()),
+                    key: base.join(c.key.into_inner()),
+                });
+            }
+            if let Some(name) = raw_tls.default_certificate {
+                let idx = tls
+                    .certificates
+                    .iter()
+                    .position(|c| c.name == *name.get_ref());
+                match idx {
+                    Some(i) => tls.default_certificate = Some(i),
+                    None => {
+                        return Err(at(
+                            Some(name.span()),
+                            "tls.default_certificate",
+                            format!("no certificate named `{}`", name.get_ref()),
+                        ));
+                    }
+                }
+            }
+        }
+        if let Some(https) = &raw.listeners.https {
+            if tls.certificates.is_empty() {
+                return Err(at(
+                    Some(https.span()),
+                    "listeners.https",
+                    "an HTTPS listener needs at least one [[tls.certificates]]".into(),
+                ));
+            }
+        }
+        if raw.listeners.http.is_none() && raw.listeners.https.is_none() {
+            return Err(at(
+                None,
+                "listeners",
+                "configure at least one of `http` or `https`".into(),
+            ));
+        }
+
+        let via = match raw.forwarding.via {
+            Some(v)
+                if v.get_ref().is_empty() || !v.get_ref().bytes().all(|b| b.is_ascii_graphic()) =>
+            {
+                return Err(at(
+                    Some(v.span()),
+                    "forwarding.via",
+                    "must be a non-empty token without spaces".into(),
+                ));
+            }
+            Some(v) => v.into_inner(),
+            None => "meridian".to_owned(),
+        };
+
+        let mut upstream = raw.upstream;
+        upstream.ca_file = upstream.ca_file.map(|p| base.join(p));
+
+        Ok(EdgeConfig {
+            listeners: Listeners {
+                http: raw.listeners.http,
+                https: raw.listeners.https.map(Spanned::into_inner),
+                admin: raw.listeners.admin,
+            },
+            tls,
+            limits,
+            upstream,
+            forwarding: Forwarding {
+                trusted_hops: raw
+                    .forwarding
+                    .trusted_hops
+                    .into_iter()
+                    .map(|c| c.0)
+                    .collect(),
+                via,
+            },
+            shutdown: raw.shutdown,
+            providers,
+            routing: Routing {
+                default_provider,
+                hosts,
+            },
+        })
+    }
+}
+
+fn check_limits(l: &Limits) -> Result<(), (&'static str, String)> {
+    if l.max_connections == 0 {
+        return Err(("max_connections", "must be at least 1".into()));
+    }
+    if l.max_header_bytes < 1024 {
+        return Err(("max_header_bytes", "must be at least 1024".into()));
+    }
+    if l.max_headers == 0 {
+        return Err(("max_headers", "must be at least 1".into()));
+    }
+    if l.max_uri_bytes < 16 {
+        return Err(("max_uri_bytes", "must be at least 16".into()));
+    }
+    if l.h2_max_concurrent_streams == 0 {
+        return Err(("h2_max_concurrent_streams", "must be at least 1".into()));
+    }
+    for (k, d) in [
+        ("header_read_timeout", l.header_read_timeout),
+        ("tls_handshake_timeout", l.tls_handshake_timeout),
+        ("idle_timeout", l.idle_timeout),
+    ] {
+        if d.0.is_zero() {
+            return Err((k, "must be greater than zero".into()));
+        }
+    }
+    Ok(())
+}
+
+fn line_of(src: &str, offset: usize) -> usize {
+    src.as_bytes()[..offset.min(src.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+impl fmt::Display for HumanDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,166 @@
+//! Per-connection bookkeeping: requests in flight, idle time, slow request heads.
+//!
+//! The listener's connection task consults this state to close idle keep-alive
+//! connections and connections that dribble a request head (slowloris). The decision
+//! is a pure function of the state and `now`, so it is tested without sockets or
+//! sleeps. Nothing here ever blocks or allocates per request.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::framing::Ledger;
+
+const NONE: u64 = u64::MAX;
+
+/// Shared by the connection task, the framing guard and the request service.
+#[derive(Debug)]
+pub struct ConnState {
+    base: Instant,
+    inflight: AtomicU32,
+    /// Millis since `base` when the connection last became idle.
+    idle_since: AtomicU64,
+    /// Millis since `base` when the current request head began, or `NONE`.
+    head_started: AtomicU64,
+    /// Framing verdicts (HTTP/1.x only).
+    pub ledger: Ledger,
+}
+
+/// What the connection task should do now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Check {
+    /// Nothing yet; look again at this instant.
+    Until(Instant),
+    /// No request for `idle_timeout`: close gracefully.
+    Idle,
+    /// A request head took longer than `header_read_timeout`: drop the connection.
+    SlowHead,
+}
+
+impl ConnState {
+    /// State for a connection accepted at `now`. `awaiting_head` starts the header
+    /// clock at once (HTTP/1.x: the first request must arrive in time).
+    pub fn new(now: Instant, awaiting_head: bool) -> Arc<Self> {
+        Arc::new(ConnState {
+            base: now,
+            inflight: AtomicU32::new(0),
+            idle_since: AtomicU64::new(0),
+            head_started: AtomicU64::new(if awaiting_head { 0 } else { NONE }),
+            ledger: Ledger::default(),
+        })
+    }
+
+    fn millis(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.base).as_millis() as u64
+    }
+
+    /// Called by the framing guard after each read.
+    pub fn observe_head(&self, completed: bool, mid_head: bool) {
+        let now = Instant::now();
+        if completed {
+            self.idle_since.store(self.millis(now), Ordering::Relaxed);
+        }
+        if mid_head {
+            if self.head_started.load(Ordering::Relaxed) == NONE {
+                self.head_started.store(self.millis(now), Ordering::Relaxed);
+            }
+        } else {
+            self.head_started.store(NONE, Ordering::Relaxed);
+        }
+    }
+
+    /// Marks a request in flight until the guard is dropped (when its response body
+    /// ends or is abandoned).
+    pub fn begin_request(self: &Arc<Self>) -> InflightGuard {
+        self.inflight.fetch_add(1, Ordering::Relaxed);
+        InflightGuard(self.clone())
+    }
+
+    /// Decides, at `now`, whether the connection has overstayed.
+    pub fn check(&self, now: Instant, header_timeout: Duration, idle_timeout: Duration) -> Check {
+        let at = |ms: u64| self.base + Duration::from_millis(ms);
+        let head = self.head_started.load(Ordering::Relaxed);
+        if head != NONE {
+            let deadline = at(head) + header_timeout;
+            return if now >= deadline {
+                Check::SlowHead
+            } else {
+                Check::Until(deadline)
+            };
+        }
+        if self.inflight.load(Ordering::Relaxed) > 0 {
+            return Check::Until(now + idle_timeout);
+        }
+        let deadline = at(self.idle_since.load(Ordering::Relaxed)) + idle_timeout;
+        if now >= deadline {
+            Check::Idle
+        } else {
+            Check::Until(deadline)
+        }
+    }
+}
+
+/// A request in flight on a connection.
+#[derive(Debug)]
+pub struct InflightGuard(Arc<ConnState>);
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        let state = &self.0;
+        if state.inflight.fetch_sub(1, Ordering::Relaxed) == 1 {
+            state
+                .idle_since
+                .store(state.millis(Instant::now()), Ordering::Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HEAD: Duration = Duration::from_secs(10);
+    const IDLE: Duration = Duration::from_secs(60);
+
+    #[tokio::test(start_paused = true)]
+    async fn first_head_is_timed_from_accept() {
+        let t0 = Instant::now();
+        let s = ConnState::new(t0, true);
+        assert_eq!(s.check(t0, HEAD, IDLE), Check::Until(t0 + HEAD));
+        assert_eq!(s.check(t0 + HEAD, HEAD, IDLE), Check::SlowHead);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_only_without_requests_in_flight() {
+        let t0 = Instant::now();
+        let s = ConnState::new(t0, false);
+        let g = s.begin_request();
+        assert!(matches!(
+            s.check(t0 + IDLE * 2, HEAD, IDLE),
+            Check::Until(_)
+        ));
+        tokio::time::advance(IDLE * 2).await;
+        drop(g);
+        let t1 = Instant::now();
+        assert_eq!(s.check(t1, HEAD, IDLE), Check::Until(t1 + IDLE));
+        assert_eq!(s.check(t1 + IDLE, HEAD, IDLE), Check::Idle);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_partial_head_after_idle_starts_the_header_clock() {
+        let t0 = Instant::now();
+        let s = ConnState::new(t0, false);
+        tokio::time::advance(Duration::from_secs(5)).await;
+        s.observe_head(false, true);
+        let t1 = Instant::now();
+        assert_eq!(s.check(t1, HEAD, IDLE), Check::Until(t1 + HEAD));
+        tokio::time::advance(Duration::from_secs(3)).await;
+        // More bytes of the same head do not restart the clock.
+        s.observe_head(false, true);
+        assert_eq!(s.check(t1 + HEAD, HEAD, IDLE), Check::SlowHead);
+        s.observe_head(true, false);
+        assert!(matches!(s.check(t1 + HEAD, HEAD, IDLE), Check::Until(_)));
+    }
+}

@@ -1,0 +1,233 @@
+//! Header hygiene between hops: hop-by-hop fields removed in both directions, the
+//! forwarding trail (`Forwarded`, `X-Forwarded-*`) kept only from trusted hops, and
+//! `Via` added.
+//!
+//! A client's claims about its own path are untrusted input: from an untrusted peer
+//! they are replaced, never extended. This module must never read or alter anything
+//! that is end-to-end (bodies, `Trailer`, content headers).
+
+use std::net::IpAddr;
+
+use http::Version;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// `X-Forwarded-For`.
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// `X-Forwarded-Proto`.
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Hop-by-hop fields of RFC 9110 section 7.6.1, plus the legacy `Proxy-Connection`
+/// and `Keep-Alive`. `Trailer` is end-to-end and stays.
+fn fixed_hop_by_hop() -> [&'static HeaderName; 8] {
+    [
+        &header::CONNECTION,
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &header::TE,
+        &header::TRANSFER_ENCODING,
+        &header::UPGRADE,
+        &header::PROXY_AUTHENTICATE,
+        &header::PROXY_AUTHORIZATION,
+    ]
+}
+
+/// Removes hop-by-hop fields, including every field that `Connection` names.
+/// Returns whether the sender accepts trailers (`TE: trailers`), which the next hop
+/// must be told again since `TE` itself is hop-by-hop.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> bool {
+    let mut trailers = false;
+    for te in headers.get_all(header::TE) {
+        if let Ok(v) = te.to_str() {
+            trailers |= v
+                .split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
+        }
+    }
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    for name in fixed_hop_by_hop() {
+        headers.remove(name);
+    }
+    trailers
+}
+
+/// How the client reached the edge, for the forwarding trail.
+#[derive(Clone, Copy, Debug)]
+pub struct Hop {
+    /// The peer's address.
+    pub peer: IpAddr,
+    /// Whether the peer is a configured trusted hop.
+    pub trusted: bool,
+    /// `http` or `https`.
+    pub proto: &'static str,
+}
+
+/// Writes `X-Forwarded-For`, `X-Forwarded-Proto` and `Forwarded` for the next hop:
+/// appended to a trusted peer's trail, replacing an untrusted peer's.
+pub fn set_forwarding(headers: &mut HeaderMap, hop: Hop) {
+    let peer = hop.peer.to_string();
+    append_or_replace(headers, &X_FORWARDED_FOR, &peer, hop.trusted);
+
+    if !(hop.trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
+        headers.insert(
+            X_FORWARDED_PROTO.clone(),
+            HeaderValue::from_static(hop.proto),
+        );
+    }
+
+    // RFC 7239: IPv6 addresses are bracketed and the node quoted.
+    let node = match hop.peer {
+        IpAddr::V4(_) => peer,
+        IpAddr::V6(_) => format!("\"[{peer}]\""),
+    };
+    let element = format!("for={node};proto={}", hop.proto);
+    append_or_replace(headers, &header::FORWARDED, &element, hop.trusted);
+}
+
+fn append_or_replace(headers: &mut HeaderMap, name: &HeaderName, value: &str, append: bool) {
+    let mut combined = String::new();
+    if append {
+        for v in headers.get_all(name) {
+            if let Ok(s) = v.to_str() {
+                let s = s.trim();
+                if !s.is_empty() {
+                    combined.push_str(s);
+                    combined.push_str(", ");
+                }
+            }
+        }
+    }
+    combined.push_str(value);
+    match HeaderValue::from_str(&combined) {
+        Ok(v) => {
+            headers.insert(name.clone(), v);
+        }
+        // An untrusted-looking trail from a trusted hop is still not ours to keep.
+        Err(_) => {
+            if let Ok(v) = HeaderValue::from_str(value) {
+                headers.insert(name.clone(), v);
+            }
+        }
+    }
+}
+
+/// Appends this edge to `Via` (RFC 9110 section 7.6.3) for a message received as
+/// `version`.
+pub fn add_via(headers: &mut HeaderMap, version: Version, pseudonym: &HeaderValue) {
+    let proto: &[u8] = match version {
+        Version::HTTP_09 => b"0.9 ",
+        Version::HTTP_10 => b"1.0 ",
+        Version::HTTP_2 => b"2 ",
+        Version::HTTP_3 => b"3 ",
+        _ => b"1.1 ",
+    };
+    let mut value = Vec::with_capacity(64);
+    for v in headers.get_all(header::VIA) {
+        value.extend_from_slice(v.as_bytes());
+        value.extend_from_slice(b", ");
+    }
+    value.extend_from_slice(proto);
+    value.extend_from_slice(pseudonym.as_bytes());
+    if let Ok(v) = HeaderValue::from_bytes(&value) {
+        headers.insert(header::VIA, v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_named_fields_go() {
+        let mut h = map(&[
+            ("connection", "close, x-secret"),
+            ("x-secret", "1"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("upgrade", "websocket"),
+            ("te", "trailers, deflate"),
+            ("transfer-encoding", "chunked"),
+            ("proxy-authorization", "Basic x"),
+            ("trailer", "x-checksum"),
+            ("x-end-to-end", "kept"),
+        ]);
+        assert!(strip_hop_by_hop(&mut h));
+        let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["trailer", "x-end-to-end"]);
+    }
+
+    #[test]
+    fn untrusted_trail_is_replaced() {
+        let mut h = map(&[
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-forwarded-proto", "https"),
+            ("forwarded", "for=6.6.6.6"),
+        ]);
+        set_forwarding(
+            &mut h,
+            Hop {
+                peer: "10.1.2.3".parse().unwrap(),
+                trusted: false,
+                proto: "http",
+            },
+        );
+        assert_eq!(h["x-forwarded-for"], "10.1.2.3");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["forwarded"], "for=10.1.2.3;proto=http");
+    }
+
+    #[test]
+    fn trusted_trail_is_appended_and_ipv6_quoted() {
+        let mut h = map(&[
+            ("x-forwarded-for", "1.1.1.1"),
+            ("x-forwarded-for", "2.2.2.2"),
+            ("x-forwarded-proto", "https"),
+            ("forwarded", "for=1.1.1.1"),
+        ]);
+        set_forwarding(
+            &mut h,
+            Hop {
+                peer: "::1".parse().unwrap(),
+                trusted: true,
+                proto: "http",
+            },
+        );
+        assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, ::1");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["forwarded"], "for=1.1.1.1, for=\"[::1]\";proto=http");
+    }
+
+    #[test]
+    fn via_appends_per_version() {
+        let mut h = map(&[("via", "1.1 cache")]);
+        add_via(
+            &mut h,
+            Version::HTTP_2,
+            &HeaderValue::from_static("meridian"),
+        );
+        assert_eq!(h["via"], "1.1 cache, 2 meridian");
+    }
+}

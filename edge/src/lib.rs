@@ -1,0 +1,27 @@
+//! Meridian's edge proxy.
+//!
+//! A request's path reads top to bottom through these modules:
+//! [`listener`] (accept, TLS, HTTP/1.1 and HTTP/2) → [`framing`] (refuse ambiguous
+//! HTTP/1 framing) → [`proxy`] (the request path) → [`route`] (the only producer of a
+//! [`route::Target`]) → [`upstream`] (pooled connections to providers). [`headers`]
+//! cleans heads between hops, [`body`] streams bodies with idle timeouts, and
+//! [`respond`] is the one place that turns failures into answers.
+//!
+//! The library never reads process-wide state (environment, signals); the binary does.
+
+pub mod admin;
+pub mod body;
+pub mod config;
+pub mod conn;
+pub mod framing;
+pub mod headers;
+pub mod listener;
+pub mod proxy;
+pub mod respond;
+pub mod route;
+pub mod server;
+pub mod tls;
+pub mod upstream;
+
+pub use config::EdgeConfig;
+pub use server::Edge;

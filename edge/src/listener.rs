@@ -1,0 +1,237 @@
+//! Client-facing listeners: accept, TLS, HTTP/1.1 or HTTP/2, connection limits,
+//! timeouts and graceful drain.
+//!
+//! Everything below this module sees plain `http::Request`s; the protocol that
+//! carried them stops here. A listener must never hold more connections than its
+//! limit, and must never let a connection outlive the drain deadline's process exit.
+
+use std::net::SocketAddr;
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::{http1, http2};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulConnection;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::Limits;
+use crate::conn::{Check, ConnState};
+use crate::framing::{Guarded, Scanner};
+use crate::proxy::{ConnInfo, Proxy};
+
+/// What every connection of a listener shares.
+pub struct Listener {
+    proxy: Arc<Proxy>,
+    tls: Option<TlsAcceptor>,
+    limits: Limits,
+    h1: http1::Builder,
+    h2: http2::Builder<TokioExecutor>,
+    permits: Arc<Semaphore>,
+    drain: watch::Receiver<bool>,
+}
+
+impl Listener {
+    /// A listener serving `proxy`, with TLS when `tls` is given. `permits` caps open
+    /// connections (shared across listeners); `drain` turns true at shutdown.
+    pub fn new(
+        proxy: Arc<Proxy>,
+        tls: Option<TlsAcceptor>,
+        limits: Limits,
+        permits: Arc<Semaphore>,
+        drain: watch::Receiver<bool>,
+    ) -> Arc<Self> {
+        let mut h1 = http1::Builder::new();
+        h1.timer(TokioTimer::new())
+            // Head timing is ours (see `conn`): hyper's timer would also cut idle
+            // keep-alive connections at the header timeout.
+            .header_read_timeout(None)
+            .max_headers(limits.max_headers as usize)
+            .max_header_size(limits.max_header_bytes as usize)
+            .keep_alive(true);
+        let mut h2 = http2::Builder::new(TokioExecutor::new());
+        h2.timer(TokioTimer::new())
+            .max_concurrent_streams(limits.h2_max_concurrent_streams)
+            .max_pending_accept_reset_streams(limits.h2_max_pending_accept_reset_streams as usize)
+            .max_local_error_reset_streams(limits.h2_max_local_error_reset_streams as usize)
+            .max_header_list_size(limits.max_header_bytes)
+            .initial_stream_window_size(256 * 1024)
+            .initial_connection_window_size(1024 * 1024)
+            .keep_alive_interval(Some(Duration::from_secs(30)))
+            .keep_alive_timeout(Duration::from_secs(20));
+        Arc::new(Listener {
+            proxy,
+            tls,
+            limits,
+            h1,
+            h2,
+            permits,
+            drain,
+        })
+    }
+
+    /// Accepts until drain begins. Each connection runs in its own task and holds a
+    /// permit until it closes.
+    pub async fn serve(self: Arc<Self>, socket: TcpListener) {
+        let mut drain = self.drain.clone();
+        let proto = if self.tls.is_some() { "https" } else { "http" };
+        loop {
+            let permit = tokio::select! {
+                p = self.permits.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => return,
+                },
+                _ = drained(&mut drain) => return,
+            };
+            let (tcp, peer) = tokio::select! {
+                r = socket.accept() => match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::warn!(error = %e, listener = proto, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                _ = drained(&mut drain) => return,
+            };
+            let _ = tcp.set_nodelay(true);
+            let this = self.clone();
+            tokio::spawn(async move { this.connection(tcp, peer, proto, permit).await });
+        }
+    }
+
+    async fn connection(
+        self: Arc<Self>,
+        tcp: TcpStream,
+        peer: SocketAddr,
+        proto: &'static str,
+        _permit: OwnedSemaphorePermit,
+    ) {
+        let Some(acceptor) = &self.tls else {
+            return self.serve_h1(tcp, peer, proto).await;
+        };
+        let tls =
+            match tokio::time::timeout(self.limits.tls_handshake_timeout.0, acceptor.accept(tcp))
+                .await
+            {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+        if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+            self.serve_h2(tls, peer, proto).await
+        } else {
+            self.serve_h1(tls, peer, proto).await
+        }
+    }
+
+    async fn serve_h1<S>(&self, io: S, peer: SocketAddr, proto: &'static str)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let state = ConnState::new(Instant::now(), true);
+        let scanner = Scanner::new(
+            self.limits.max_header_bytes as usize,
+            self.limits.max_headers as usize,
+        );
+        let io = TokioIo::new(Guarded::new(io, scanner, state.clone()));
+        let info = Arc::new(ConnInfo {
+            peer,
+            proto,
+            state: state.clone(),
+            guarded: true,
+        });
+        let proxy = self.proxy.clone();
+        let svc = service_fn(move |req| {
+            let proxy = proxy.clone();
+            let info = info.clone();
+            async move { proxy.handle(req, &info).await }
+        });
+        let conn = self.h1.serve_connection(io, svc);
+        self.drive(conn, &state, peer).await;
+    }
+
+    async fn serve_h2<S>(&self, io: S, peer: SocketAddr, proto: &'static str)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let state = ConnState::new(Instant::now(), false);
+        let info = Arc::new(ConnInfo {
+            peer,
+            proto,
+            state: state.clone(),
+            guarded: false,
+        });
+        let proxy = self.proxy.clone();
+        let svc = service_fn(move |req| {
+            let proxy = proxy.clone();
+            let info = info.clone();
+            async move { proxy.handle(req, &info).await }
+        });
+        let conn = self.h2.serve_connection(TokioIo::new(io), svc);
+        self.drive(conn, &state, peer).await;
+    }
+
+    /// Runs a connection to completion while enforcing idle and header timeouts and
+    /// reacting to drain.
+    async fn drive<C>(&self, conn: C, state: &ConnState, peer: SocketAddr)
+    where
+        C: GracefulConnection,
+        C::Error: std::fmt::Display,
+    {
+        let mut conn = pin!(conn);
+        let mut drain = self.drain.clone();
+        let mut draining = *drain.borrow();
+        if draining {
+            conn.as_mut().graceful_shutdown();
+        }
+        let header_timeout = self.limits.header_read_timeout.0;
+        let idle_timeout = self.limits.idle_timeout.0;
+        let mut closing = false;
+        let mut wake = Instant::now() + header_timeout.min(idle_timeout);
+        loop {
+            tokio::select! {
+                res = conn.as_mut() => {
+                    if let Err(e) = res {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                    return;
+                }
+                _ = drained(&mut drain), if !draining => {
+                    draining = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+                _ = tokio::time::sleep_until(wake), if !closing => {
+                    match state.check(Instant::now(), header_timeout, idle_timeout) {
+                        Check::Until(next) => wake = next,
+                        Check::Idle => {
+                            closing = true;
+                            conn.as_mut().graceful_shutdown();
+                        }
+                        Check::SlowHead => {
+                            tracing::debug!(%peer, "request head too slow; closing");
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Resolves once drain has begun.
+async fn drained(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|d| *d).await;
+}

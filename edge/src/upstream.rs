@@ -1,0 +1,380 @@
+//! Connections to providers: one keep-alive pool per provider, HTTP/1.1 or HTTP/2,
+//! cleartext or TLS, with a hard cap on connections and bounded waits.
+//!
+//! The pool sends only to a [`Target`] that routing produced; it has no way to name
+//! a provider itself. It must never retry a request whose bytes may have reached the
+//! provider, and never rewrite a body.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::uri::{Authority, Scheme as UriScheme};
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::{Connected, Connection};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use meridian_proto::{Protocol, ProviderSpec, Scheme};
+use rustls::ClientConfig;
+use rustls::RootCertStore;
+use rustls::crypto::CryptoProvider;
+use rustls_pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+use crate::body::ProxyBody;
+use crate::config::UpstreamConfig;
+use crate::route::Target;
+use crate::tls::{TlsError, client_config};
+
+/// Why a request got no response head from its provider.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// TCP connect or TLS handshake did not finish in time.
+    #[error("connect to provider timed out")]
+    ConnectTimeout,
+    /// The provider refused or failed the connection.
+    #[error("connect to provider failed: {0}")]
+    Connect(String),
+    /// No response head within the response-header timeout.
+    #[error("provider sent no response head in time")]
+    ResponseTimeout,
+    /// The exchange failed after the connection was up.
+    #[error("provider exchange failed: {0}")]
+    Exchange(String),
+}
+
+/// A provider pool could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    /// The provider's TLS settings are unusable.
+    #[error("provider `{id}`: {source}")]
+    Tls {
+        /// The provider.
+        id: String,
+        /// Why.
+        source: TlsError,
+    },
+    /// The provider's address or name is unusable.
+    #[error("provider `{id}`: {message}")]
+    Address {
+        /// The provider.
+        id: String,
+        /// Why.
+        message: String,
+    },
+}
+
+/// Everything needed to talk to one provider; shared by all requests to it.
+#[derive(Debug)]
+pub struct ProviderPool {
+    spec: ProviderSpec,
+    client: Client<Connector, ProxyBody>,
+    scheme: UriScheme,
+    authority: Authority,
+    response_timeout: Duration,
+}
+
+impl ProviderPool {
+    /// Builds the pool for `spec`; no connection is opened until the first request.
+    pub fn new(
+        spec: &ProviderSpec,
+        cfg: &UpstreamConfig,
+        roots: &Arc<RootCertStore>,
+        crypto: &Arc<CryptoProvider>,
+    ) -> Result<Self, PoolError> {
+        let id = spec.id.to_string();
+        let h2 = spec.protocol == Protocol::Http2;
+        let tls =
+            match spec.endpoint.scheme {
+                Scheme::Http => None,
+                Scheme::Https => {
+                    let alpn: &[&[u8]] = if h2 { &[b"h2"] } else { &[b"http/1.1"] };
+                    let config =
+                        client_config(roots.clone(), crypto.clone(), alpn).map_err(|source| {
+                            PoolError::Tls {
+                                id: id.clone(),
+                                source,
+                            }
+                        })?;
+                    let name = ServerName::try_from(spec.endpoint.server_name().to_owned())
+                        .map_err(|e| PoolError::Address {
+                            id: id.clone(),
+                            message: format!("bad TLS server name: {e}"),
+                        })?;
+                    Some((config, name))
+                }
+            };
+        let authority: Authority =
+            spec.endpoint
+                .address
+                .parse()
+                .map_err(|e| PoolError::Address {
+                    id: id.clone(),
+                    message: format!("bad address `{}`: {e}", spec.endpoint.address),
+                })?;
+        let connector = Connector(Arc::new(ConnectorInner {
+            address: spec.endpoint.address.clone(),
+            tls,
+            h2,
+            timeout: cfg.connect_timeout.0,
+            permits: Arc::new(Semaphore::new(spec.max_connections as usize)),
+        }));
+        let client = Client::builder(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(cfg.pool_idle_timeout.0)
+            .pool_max_idle_per_host(cfg.max_idle_per_provider as usize)
+            .http2_only(h2)
+            .set_host(false)
+            .build(connector);
+        Ok(ProviderPool {
+            spec: spec.clone(),
+            client,
+            scheme: match spec.endpoint.scheme {
+                Scheme::Http => UriScheme::HTTP,
+                Scheme::Https => UriScheme::HTTPS,
+            },
+            authority,
+            response_timeout: cfg.response_header_timeout.0,
+        })
+    }
+
+    /// The provider this pool reaches.
+    pub fn spec(&self) -> &ProviderSpec {
+        &self.spec
+    }
+
+    /// URI scheme for requests to this provider.
+    pub fn scheme(&self) -> &UriScheme {
+        &self.scheme
+    }
+
+    /// The provider's address as a URI authority.
+    pub fn authority(&self) -> &Authority {
+        &self.authority
+    }
+}
+
+/// Sends `req` to the provider routing chose and waits for the response head.
+pub async fn send(
+    target: &Target,
+    req: Request<ProxyBody>,
+) -> Result<Response<Incoming>, UpstreamError> {
+    let pool = target.pool();
+    match tokio::time::timeout(pool.response_timeout, pool.client.request(req)).await {
+        Err(_) => Err(UpstreamError::ResponseTimeout),
+        Ok(Ok(resp)) => Ok(resp),
+        Ok(Err(e)) if e.is_connect() => {
+            let timed_out = std::error::Error::source(&e)
+                .and_then(|s| s.downcast_ref::<io::Error>())
+                .is_some_and(|io| io.kind() == io::ErrorKind::TimedOut);
+            if timed_out {
+                Err(UpstreamError::ConnectTimeout)
+            } else {
+                Err(UpstreamError::Connect(error_chain(&e)))
+            }
+        }
+        Ok(Err(e)) => Err(UpstreamError::Exchange(error_chain(&e))),
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(inner) = cur {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        cur = inner.source();
+    }
+    s
+}
+
+#[derive(Debug)]
+struct ConnectorInner {
+    address: String,
+    tls: Option<(Arc<ClientConfig>, ServerName<'static>)>,
+    h2: bool,
+    timeout: Duration,
+    permits: Arc<Semaphore>,
+}
+
+/// Opens connections to one provider, never more than its `max_connections`.
+#[derive(Clone, Debug)]
+pub struct Connector(Arc<ConnectorInner>);
+
+impl tower_service::Service<http::Uri> for Connector {
+    type Response = UpstreamIo;
+    type Error = io::Error;
+    type Future = Pin<Box<dyn Future<Output = io::Result<UpstreamIo>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: http::Uri) -> Self::Future {
+        let inner = self.0.clone();
+        Box::pin(async move {
+            // Waiting for a free slot is not connecting; the response-header timeout
+            // bounds the whole wait.
+            let permit = inner
+                .permits
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|_| io::Error::other("provider pool closed"))?;
+            let stream = tokio::time::timeout(inner.timeout, connect(&inner))
+                .await
+                .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+            Ok(UpstreamIo {
+                io: TokioIo::new(stream),
+                h2: inner.h2,
+                _permit: permit,
+            })
+        })
+    }
+}
+
+async fn connect(inner: &ConnectorInner) -> io::Result<Stream> {
+    let tcp = TcpStream::connect(inner.address.as_str()).await?;
+    tcp.set_nodelay(true)?;
+    match &inner.tls {
+        None => Ok(Stream::Plain(tcp)),
+        Some((config, name)) => {
+            let tls = TlsConnector::from(config.clone())
+                .connect(name.clone(), tcp)
+                .await?;
+            if inner.h2 && tls.get_ref().1.alpn_protocol() != Some(b"h2") {
+                return Err(io::Error::other("provider did not negotiate h2 over ALPN"));
+            }
+            Ok(Stream::Tls(Box::new(tls)))
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Stream::Plain(s) => s.is_write_vectored(),
+            Stream::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// A connection to a provider; holds one of the provider's connection slots until
+/// it closes.
+#[derive(Debug)]
+pub struct UpstreamIo {
+    io: TokioIo<Stream>,
+    h2: bool,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Connection for UpstreamIo {
+    fn connected(&self) -> Connected {
+        let c = Connected::new();
+        if self.h2 { c.negotiated_h2() } else { c }
+    }
+}
+
+impl hyper::rt::Read for UpstreamIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for UpstreamIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
