@@ -312,3 +312,113 @@ pub fn free_port() -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap()
 }
+
+/// A client verifier that accepts any certificate and remembers which one it saw, so
+/// tests can check exactly which certificate the edge chose.
+#[derive(Debug)]
+pub struct SeenCert {
+    pub seen: std::sync::Mutex<Option<Vec<u8>>>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl SeenCert {
+    pub fn new() -> Arc<SeenCert> {
+        Arc::new(SeenCert {
+            seen: Default::default(),
+            provider: Arc::new(rustls::crypto::ring::default_provider()),
+        })
+    }
+
+    pub fn config(self: &Arc<Self>) -> Arc<rustls::ClientConfig> {
+        let mut cfg = rustls::ClientConfig::builder_with_provider(self.provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(self.clone())
+            .with_no_client_auth();
+        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Arc::new(cfg)
+    }
+}
+
+impl rustls::client::danger::ServerCertVerifier for SeenCert {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        *self.seen.lock().unwrap() = Some(end_entity.to_vec());
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// DER of the first certificate in a PEM string.
+pub fn der(pem: &str) -> Vec<u8> {
+    CertificateDer::pem_slice_iter(pem.as_bytes())
+        .next()
+        .unwrap()
+        .unwrap()
+        .to_vec()
+}
+
+/// Which certificate the edge serves for `sni` (None when the handshake fails).
+pub async fn served_cert(addr: SocketAddr, sni: &str) -> Option<Vec<u8>> {
+    let seen = SeenCert::new();
+    match tls(addr, sni, seen.config()).await {
+        Ok(_) => seen.seen.lock().unwrap().clone(),
+        Err(_) => None,
+    }
+}
+
+/// `[tls]` tables for certificates written by [`Certs::write`].
+pub fn tls_tables(certs: &[(&str, &[&str])], default: Option<&str>) -> String {
+    let mut s = String::from("[tls]\n");
+    if let Some(d) = default {
+        s.push_str(&format!("default_certificate = \"{d}\"\n"));
+    }
+    for (name, names) in certs {
+        let list: Vec<String> = names.iter().map(|n| format!("\"{n}\"")).collect();
+        s.push_str(&format!(
+            "[[tls.certificates]]\nname = \"{name}\"\nserver_names = [{}]\ncert = \"{name}.crt\"\nkey = \"{name}.key\"\n",
+            list.join(", ")
+        ));
+    }
+    s
+}

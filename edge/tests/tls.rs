@@ -1,0 +1,215 @@
+//! The HTTPS listener over real TLS: protocol versions, ALPN, certificate choice by
+//! SNI, and HTTP/2 limits.
+
+mod support;
+
+use std::time::Duration;
+
+use http::Request;
+use support::*;
+
+#[tokio::test]
+async fn sni_picks_the_matching_certificate_and_unknown_names_fail() {
+    let p = provider("p1").await;
+    let certs = Certs::new();
+    let a = certs.write("a", &["a.test"]);
+    let b = certs.write("b", &["*.b.test"]);
+    let toml = config_toml(
+        p.addr,
+        true,
+        &tls_tables(&[("a", &["a.test"]), ("b", &["*.b.test"])], None),
+    );
+    let e = edge(&toml, certs.path()).await;
+    let addr = e.https_addr.unwrap();
+
+    assert_eq!(served_cert(addr, "a.test").await, Some(der(&a.cert_pem)));
+    assert_eq!(served_cert(addr, "x.b.test").await, Some(der(&b.cert_pem)));
+    // A wildcard covers one label only, and an unknown name gets no certificate.
+    assert_eq!(served_cert(addr, "y.x.b.test").await, None);
+    assert_eq!(served_cert(addr, "c.test").await, None);
+}
+
+#[tokio::test]
+async fn unknown_sni_gets_the_default_certificate_when_configured() {
+    let p = provider("p1").await;
+    let certs = Certs::new();
+    let a = certs.write("a", &["a.test"]);
+    let d = certs.write("fallback", &["fallback.test"]);
+    let toml = config_toml(
+        p.addr,
+        true,
+        &tls_tables(
+            &[("a", &["a.test"]), ("fallback", &["fallback.test"])],
+            Some("fallback"),
+        ),
+    );
+    let e = edge(&toml, certs.path()).await;
+    let addr = e.https_addr.unwrap();
+    assert_eq!(served_cert(addr, "a.test").await, Some(der(&a.cert_pem)));
+    assert_eq!(
+        served_cert(addr, "unknown.test").await,
+        Some(der(&d.cert_pem))
+    );
+}
+
+#[tokio::test]
+async fn tls12_and_tls13_both_work_and_alpn_selects_the_protocol() {
+    let p = provider("p1").await;
+    let certs = Certs::new();
+    certs.write("a", &["a.test"]);
+    let toml = config_toml(p.addr, true, &tls_tables(&[("a", &["a.test"])], None));
+    let e = edge(&toml, certs.path()).await;
+    let addr = e.https_addr.unwrap();
+
+    for version in [&rustls::version::TLS12, &rustls::version::TLS13] {
+        for alpn in [&b"h2"[..], &b"http/1.1"[..]] {
+            let cfg = client_tls(&certs.ca.cert_pem, &[alpn], &[version]);
+            let s = tls(addr, "a.test", cfg).await.unwrap();
+            let conn = s.get_ref().1;
+            assert_eq!(conn.protocol_version(), Some(version.version));
+            assert_eq!(conn.alpn_protocol(), Some(alpn));
+        }
+    }
+
+    // HTTP/1.1 over TLS serves requests too.
+    let cfg = client_tls(&certs.ca.cert_pem, &[b"http/1.1"], rustls::ALL_VERSIONS);
+    let s = tls(addr, "a.test", cfg).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(s))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let r = send
+        .send_request(
+            Request::get("/_sim/echo")
+                .header("host", "a.test")
+                .body(Body::default())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let doc = echo_json(r).await;
+    assert_eq!(echoed(&doc, "x-forwarded-proto"), ["https"]);
+}
+
+#[tokio::test]
+async fn tls_versions_below_1_2_are_refused() {
+    // rustls cannot even offer TLS 1.1, so use openssl's client when present.
+    if std::process::Command::new("openssl")
+        .arg("version")
+        .output()
+        .is_err()
+    {
+        panic!("openssl is required for this test (installed by scripts/test)");
+    }
+    let p = provider("p1").await;
+    let certs = Certs::new();
+    certs.write("a", &["a.test"]);
+    let toml = config_toml(p.addr, true, &tls_tables(&[("a", &["a.test"])], None));
+    let e = edge(&toml, certs.path()).await;
+    let addr = e.https_addr.unwrap();
+    let run = |flag: &'static str| {
+        let connect = addr.to_string();
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new("openssl")
+                .args([
+                    "s_client",
+                    "-connect",
+                    &connect,
+                    "-servername",
+                    "a.test",
+                    flag,
+                    "-cipher",
+                    "DEFAULT@SECLEVEL=0",
+                ])
+                .stdin(std::process::Stdio::null())
+                .output()
+                .unwrap()
+        })
+    };
+    let old = run("-tls1_1").await.unwrap();
+    assert!(!old.status.success(), "TLS 1.1 handshake must fail");
+    let ok = run("-tls1_2").await.unwrap();
+    let out = String::from_utf8_lossy(&ok.stdout);
+    assert!(out.contains("TLSv1.2"), "{out}");
+}
+
+#[tokio::test]
+async fn http2_advertises_the_configured_stream_limit() {
+    let p = provider("p1").await;
+    let certs = Certs::new();
+    certs.write("a", &["a.test"]);
+    let toml = config_toml(
+        p.addr,
+        true,
+        &format!(
+            "{}[limits]\nh2_max_concurrent_streams = 7\n",
+            tls_tables(&[("a", &["a.test"])], None)
+        ),
+    );
+    let e = edge(&toml, certs.path()).await;
+
+    let cfg = client_tls(&certs.ca.cert_pem, &[b"h2"], rustls::ALL_VERSIONS);
+    let s = tls(e.https_addr.unwrap(), "a.test", cfg).await.unwrap();
+    let (send, mut conn) = h2::client::handshake(s).await.unwrap();
+    let mut send = send.ready().await.unwrap();
+    let req = Request::get("https://a.test/_sim/echo").body(()).unwrap();
+    let (resp, _) = send.send_request(req, true).unwrap();
+    let resp = tokio::select! {
+        r = resp => r.unwrap(),
+        c = &mut conn => panic!("connection ended: {c:?}"),
+    };
+    assert_eq!(resp.status(), 200);
+    assert_eq!(conn.max_concurrent_send_streams(), 7);
+}
+
+#[tokio::test]
+async fn a_rapid_reset_flood_gets_the_connection_closed() {
+    let p = provider("p1").await;
+    let certs = Certs::new();
+    certs.write("a", &["a.test"]);
+    let toml = config_toml(
+        p.addr,
+        true,
+        &format!(
+            "{}[limits]\nh2_max_pending_accept_reset_streams = 10\n",
+            tls_tables(&[("a", &["a.test"])], None)
+        ),
+    );
+    let e = edge(&toml, certs.path()).await;
+
+    let cfg = client_tls(&certs.ca.cert_pem, &[b"h2"], rustls::ALL_VERSIONS);
+    let s = tls(e.https_addr.unwrap(), "a.test", cfg).await.unwrap();
+    let (send, conn) = h2::client::handshake(s).await.unwrap();
+    let conn = tokio::spawn(conn);
+    let mut send = send.ready().await.unwrap();
+    // Open streams and cancel them at once, as CVE-2023-44487 does.
+    let mut sent = 0;
+    for _ in 0..5000 {
+        let req = Request::get("https://a.test/_sim/delay?ms=1000")
+            .body(())
+            .unwrap();
+        let Ok((resp, mut body)) = send.send_request(req, false) else {
+            break;
+        };
+        body.send_reset(h2::Reason::CANCEL);
+        drop(resp);
+        sent += 1;
+        if conn.is_finished() {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert!(sent < 5000, "the edge kept accepting a reset flood");
+    let ended = tokio::time::timeout(Duration::from_secs(10), conn)
+        .await
+        .expect("flood must end the connection")
+        .unwrap();
+    // The client sees the GOAWAY (ENHANCE_YOUR_CALM) or, if it was still writing,
+    // the closed socket.
+    let err = ended.expect_err("the edge must close the connection");
+    assert!(
+        err.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM) || err.is_io(),
+        "{err}"
+    );
+}
