@@ -403,3 +403,27 @@ async fn http2_clients_reach_http1_and_http2_providers() {
         assert_eq!(echoed(&doc, "x-forwarded-proto"), ["https"]);
     }
 }
+
+#[tokio::test]
+async fn an_upload_cut_off_by_the_client_is_not_stored() {
+    let p = provider("p1").await;
+    let e = edge(&config_toml(p.addr, false, ""), std::path::Path::new(".")).await;
+    let mut tcp = TcpStream::connect(e.http_addr.unwrap()).await.unwrap();
+    tcp.write_all(b"PUT /partial HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n")
+        .await
+        .unwrap();
+    tcp.write_all(&[b'z'; 10_000]).await.unwrap();
+    poll_until(Duration::from_secs(10), || async {
+        (p.open_connections() == 1).then_some(())
+    })
+    .await;
+    drop(tcp);
+    // The edge aborts the upstream exchange, so the provider's connection closes
+    // without a complete body...
+    poll_until(Duration::from_secs(10), || async {
+        (p.open_connections() == 0).then_some(())
+    })
+    .await;
+    // ...and nothing was committed.
+    assert!(!p.has_object("/partial"));
+}

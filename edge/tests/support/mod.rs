@@ -248,11 +248,22 @@ pub struct EdgeProcess {
 impl EdgeProcess {
     /// Starts the binary and waits until its admin `/readyz` answers 200.
     pub async fn start(config: PathBuf, admin: SocketAddr) -> EdgeProcess {
+        Self::spawn(config, admin, Stdio::inherit()).await
+    }
+
+    /// As [`start`](Self::start), with the edge's log written to `log`.
+    pub async fn start_logged(config: PathBuf, admin: SocketAddr, log: &Path) -> EdgeProcess {
+        let file = std::fs::File::create(log).unwrap();
+        Self::spawn(config, admin, Stdio::from(file)).await
+    }
+
+    async fn spawn(config: PathBuf, admin: SocketAddr, stderr: Stdio) -> EdgeProcess {
         let child = Command::new(env!("CARGO_BIN_EXE_meridian-edge"))
             .args(["run", "--config"])
             .arg(&config)
-            .env("MERIDIAN_LOG", "warn")
+            .env("MERIDIAN_LOG", "info")
             .stdin(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .unwrap();
         let p = EdgeProcess { child, config };

@@ -1,0 +1,322 @@
+//! The real `meridian-edge` binary: config checking, SIGHUP reload, graceful drain on
+//! SIGTERM, and memory while streaming 1 GiB each way.
+
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use meridian_sim::{SimConfig, SimProvider, Storage};
+use nix::sys::signal::Signal;
+use support::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_meridian-edge");
+
+fn write_config(dir: &Path, toml: &str) -> std::path::PathBuf {
+    let path = dir.join("edge.toml");
+    std::fs::write(&path, toml).unwrap();
+    path
+}
+
+/// A config on fixed free ports so the process can be found from outside.
+fn process_config(
+    provider: std::net::SocketAddr,
+    https: bool,
+    extra: &str,
+) -> (
+    String,
+    std::net::SocketAddr,
+    std::net::SocketAddr,
+    std::net::SocketAddr,
+) {
+    let (http, tls, admin) = (free_port(), free_port(), free_port());
+    let mut toml = config_toml(provider, https, extra)
+        .replace("http = \"127.0.0.1:0\"", &format!("http = \"{http}\""))
+        .replace("admin = \"127.0.0.1:0\"", &format!("admin = \"{admin}\""));
+    if https {
+        toml = toml.replace("https = \"127.0.0.1:0\"", &format!("https = \"{tls}\""));
+    }
+    (toml, http, tls, admin)
+}
+
+#[test]
+fn check_config_accepts_good_files_and_names_the_bad_key_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = write_config(
+        dir.path(),
+        &config_toml("127.0.0.1:9".parse().unwrap(), false, ""),
+    );
+    let out = Command::new(BIN)
+        .arg("check-config")
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        config_toml(
+            "127.0.0.1:9".parse().unwrap(),
+            false,
+            "[limits]\nidle_timeout = 5\n",
+        ),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .arg("check-config")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("limits.idle_timeout") && err.contains("line 14"),
+        "{err}"
+    );
+
+    let out = Command::new(BIN).arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        help.contains("run") && help.contains("check-config"),
+        "{help}"
+    );
+}
+
+#[tokio::test]
+async fn sighup_reloads_certificates_without_dropping_connections_and_refuses_bad_ones() {
+    let p = provider("p1").await;
+    let certs = Certs::new();
+    let first = certs.write("a", &["a.test"]);
+    let (toml, _, https, admin) =
+        process_config(p.addr, true, &tls_tables(&[("a", &["a.test"])], None));
+    let config = write_config(certs.path(), &toml);
+    let log = certs.path().join("edge.log");
+    let edge = EdgeProcess::start_logged(config, admin, &log).await;
+    assert_eq!(
+        served_cert(https, "a.test").await,
+        Some(der(&first.cert_pem))
+    );
+
+    // An open keep-alive connection from before the reload.
+    let cfg = client_tls(&certs.ca.cert_pem, &[b"http/1.1"], rustls::ALL_VERSIONS);
+    let s = tls(https, "a.test", cfg).await.unwrap();
+    let (mut old, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(s))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let r = old
+        .send_request(
+            Request::get("/_sim/echo")
+                .header("host", "a.test")
+                .body(Body::default())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    text(r).await;
+
+    let second = certs.write("a", &["a.test"]);
+    edge.signal(Signal::SIGHUP);
+    poll_until(Duration::from_secs(10), || async {
+        (served_cert(https, "a.test").await == Some(der(&second.cert_pem))).then_some(())
+    })
+    .await;
+    let r = old
+        .send_request(
+            Request::get("/_sim/echo")
+                .header("host", "a.test")
+                .body(Body::default())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        200,
+        "connection from before the reload still serves"
+    );
+    text(r).await;
+
+    // A broken certificate is refused and the running one stays.
+    std::fs::write(certs.path().join("a.crt"), "not a certificate").unwrap();
+    edge.signal(Signal::SIGHUP);
+    poll_until(Duration::from_secs(10), || async {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("reload refused")
+            .then_some(())
+    })
+    .await;
+    assert_eq!(
+        served_cert(https, "a.test").await,
+        Some(der(&second.cert_pem))
+    );
+}
+
+#[tokio::test]
+async fn sigterm_drains_in_flight_requests_then_exits_zero() {
+    let p = provider("p1").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (toml, http, _, admin) =
+        process_config(p.addr, false, "[shutdown]\ndrain_timeout = \"20s\"\n");
+    let edge = EdgeProcess::start(write_config(dir.path(), &toml), admin).await;
+
+    let slow = tokio::spawn(async move {
+        let r = get(http, "x", "/_sim/delay?ms=1500").await;
+        (r.status(), text(r).await)
+    });
+    poll_until(Duration::from_secs(10), || async {
+        (p.requests() >= 1).then_some(())
+    })
+    .await;
+    edge.signal(Signal::SIGTERM);
+    // New connections are refused once the listener is closed...
+    poll_until(Duration::from_secs(10), || async {
+        tokio::net::TcpStream::connect(http)
+            .await
+            .is_err()
+            .then_some(())
+    })
+    .await;
+    // ...while the request already in flight completes.
+    let (status, body) = slow.await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(body, "late\n");
+    let exit = edge.wait(Duration::from_secs(20)).await;
+    assert_eq!(exit.code(), Some(0));
+}
+
+#[tokio::test]
+async fn sigint_exits_zero_even_when_the_drain_deadline_passes() {
+    let p = provider("p1").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (toml, http, _, admin) =
+        process_config(p.addr, false, "[shutdown]\ndrain_timeout = \"200ms\"\n");
+    let edge = EdgeProcess::start(write_config(dir.path(), &toml), admin).await;
+    let mut stuck = tokio::net::TcpStream::connect(http).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(
+        &mut stuck,
+        b"GET /_sim/delay?ms=60000 HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    poll_until(Duration::from_secs(10), || async {
+        (p.requests() >= 1).then_some(())
+    })
+    .await;
+    edge.signal(Signal::SIGINT);
+    let exit = edge.wait(Duration::from_secs(20)).await;
+    assert_eq!(exit.code(), Some(0));
+    let (_, closed) = read_until_close(&mut stuck, Duration::from_secs(10)).await;
+    assert!(closed, "the edge's exit closes what was still open");
+}
+
+const GIB: u64 = 1 << 30;
+const CHUNK: usize = 64 * 1024;
+
+/// 1 GiB of varied data as a stream of 64 KiB frames, and its CRC-32.
+fn gigabyte() -> (
+    impl futures_util::Stream<Item = Result<Frame<Bytes>, std::convert::Infallible>>,
+    u32,
+) {
+    let blocks: Vec<Bytes> = (0..61u32)
+        .map(|b| {
+            Bytes::from(
+                (0..CHUNK as u32)
+                    .map(|i| (i.wrapping_mul(2654435761) ^ b.wrapping_mul(40503)) as u8)
+                    .collect::<Vec<u8>>(),
+            )
+        })
+        .collect();
+    let count = (GIB / CHUNK as u64) as usize;
+    let order = move |i: usize| (i * 31 + 7) % 61;
+    let mut h = crc32fast::Hasher::new();
+    for i in 0..count {
+        h.update(&blocks[order(i)]);
+    }
+    let crc = h.finalize();
+    let stream = futures_util::stream::iter(
+        (0..count).map(move |i| Ok(Frame::data(blocks[order(i)].clone()))),
+    );
+    (stream, crc)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_gib_up_and_down_streams_intact_within_64_mib_of_edge_memory() {
+    let store = tempfile::tempdir().unwrap();
+    let p = SimProvider::start(SimConfig {
+        name: "disk".into(),
+        addr: "127.0.0.1:0".parse().unwrap(),
+        storage: Storage::Disk(store.path().to_owned()),
+        tls: None,
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (toml, http, _, admin) = process_config(p.addr, false, "");
+    let edge = EdgeProcess::start(write_config(dir.path(), &toml), admin).await;
+
+    let (stream, crc) = gigabyte();
+    let mut c = h1(http).await;
+    let put = Request::put("/big/object")
+        .header("host", "x")
+        .header("content-length", GIB.to_string())
+        .body(StreamBody::new(stream))
+        .unwrap();
+    let (mut send, conn) = {
+        let tcp = tokio::net::TcpStream::connect(http).await.unwrap();
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap()
+    };
+    tokio::spawn(conn);
+    let r = send.send_request(put).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers()["etag"],
+        format!("\"{crc:08x}\""),
+        "provider stored different bytes"
+    );
+    text(r).await;
+
+    let r = c
+        .send_request(
+            Request::get("/big/object")
+                .header("host", "x")
+                .body(Body::default())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-length"], GIB.to_string());
+    let mut body = r.into_body();
+    let mut h = crc32fast::Hasher::new();
+    let mut n = 0u64;
+    while let Some(frame) = body.frame().await {
+        if let Ok(d) = frame.unwrap().into_data() {
+            n += d.len() as u64;
+            h.update(&d);
+        }
+    }
+    assert_eq!(n, GIB);
+    assert_eq!(h.finalize(), crc, "downloaded bytes differ");
+
+    let peak = edge.peak_rss();
+    eprintln!(
+        "edge peak RSS after 1 GiB up + 1 GiB down: {:.1} MiB",
+        peak as f64 / (1 << 20) as f64
+    );
+    assert!(peak < 64 << 20, "edge peak RSS {peak} bytes exceeds 64 MiB");
+}
