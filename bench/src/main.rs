@@ -1,1 +1,123 @@
-fn main() {}
+//! `meridian-bench`: the dev deployment, benchmarks and simulated providers.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use meridian_bench::{compare, dev};
+use meridian_sim::{SimConfig, SimProvider, Storage};
+
+/// Meridian's bench toolkit: a local deployment to try things, and side-by-side
+/// benchmarks against other proxies on this machine.
+#[derive(Parser, Debug)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Start a complete local deployment: simulated providers and the real edge on
+    /// 127.0.0.1 (HTTP 8080, HTTPS 8443, admin 9901). Ctrl-C stops everything.
+    Dev {
+        /// Directory for the generated config, certificates and data.
+        #[arg(long, default_value = ".dev")]
+        dir: PathBuf,
+        /// Keep provider objects on disk under DIR/data instead of in memory.
+        #[arg(long)]
+        disk: bool,
+    },
+    /// Compare the edge with nginx and with direct access: requests/s, latency at a
+    /// fixed rate, CPU per request. Build with --release first for meaningful numbers.
+    Compare {
+        /// Seconds per phase.
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+        /// Fixed request rate for 1 KiB responses.
+        #[arg(long, default_value_t = 2000.0)]
+        rate_small: f64,
+        /// Fixed request rate for 1 MiB responses.
+        #[arg(long, default_value_t = 200.0)]
+        rate_large: f64,
+        /// Client connections.
+        #[arg(long, default_value_t = 32)]
+        connections: usize,
+        /// Also write the markdown report to this file.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Run one simulated provider (an S3-style object store) until killed.
+    Upstream {
+        /// Listening address.
+        #[arg(long)]
+        addr: SocketAddr,
+        /// Keep objects in this directory instead of memory.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MERIDIAN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async {
+        match cli.command {
+            Cmd::Dev { dir, disk } => dev::run(dev::DevOptions { dir, disk }).await,
+            Cmd::Compare {
+                duration,
+                rate_small,
+                rate_large,
+                connections,
+                out,
+            } => {
+                let report = compare::run(compare::CompareOptions {
+                    duration: Duration::from_secs(duration),
+                    rate_small,
+                    rate_large,
+                    connections,
+                    out,
+                })
+                .await?;
+                println!("{report}");
+                Ok(())
+            }
+            Cmd::Upstream { addr, dir } => {
+                let storage = dir.map_or(Storage::Memory, Storage::Disk);
+                let _p = SimProvider::start(SimConfig {
+                    name: "upstream".into(),
+                    addr,
+                    storage,
+                    tls: None,
+                })
+                .await?;
+                tokio::signal::ctrl_c().await?;
+                Ok(())
+            }
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,160 @@
+//! Child processes for deployments and benchmarks: find sibling binaries, wait for
+//! readiness by polling, read CPU time from /proc, stop by PID.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+/// A binary built beside the running one (same target directory).
+pub fn sibling_binary(name: &str) -> anyhow::Result<PathBuf> {
+    let me = std::env::current_exe().context("locating this executable")?;
+    let path = me.with_file_name(name);
+    if !path.is_file() {
+        bail!(
+            "{} not found beside {}; build the workspace first (cargo build --workspace --bins)",
+            name,
+            me.display()
+        );
+    }
+    Ok(path)
+}
+
+/// A child process that is stopped (SIGTERM, then SIGKILL) when dropped.
+pub struct Proc {
+    /// The child.
+    pub child: Child,
+    /// What it is, for messages.
+    pub name: String,
+}
+
+impl Proc {
+    /// Spawns `cmd`, labelled `name`.
+    pub fn spawn(name: &str, cmd: &mut Command) -> anyhow::Result<Proc> {
+        let child = cmd
+            .stdin(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {name}"))?;
+        Ok(Proc {
+            child,
+            name: name.to_owned(),
+        })
+    }
+
+    /// The child's PID.
+    pub fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.id() as i32)
+    }
+
+    /// Asks the child to stop and waits up to `limit`; kills it after that.
+    pub fn stop(&mut self, limit: Duration) -> anyhow::Result<Option<i32>> {
+        if self.child.try_wait()?.is_none() {
+            let _ = kill(self.pid(), Signal::SIGTERM);
+            let deadline = std::time::Instant::now() + limit;
+            while self.child.try_wait()?.is_none() {
+                if std::time::Instant::now() >= deadline {
+                    let _ = self.child.kill();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        Ok(self.child.wait()?.code())
+    }
+
+    /// User + system CPU seconds of the child and its own children (nginx workers).
+    pub fn cpu_seconds(&self) -> f64 {
+        let pid = self.child.id();
+        let mut total = cpu_of(pid);
+        for child in children_of(pid) {
+            total += cpu_of(child);
+        }
+        total
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.stop(Duration::from_secs(5));
+    }
+}
+
+fn clock_ticks() -> f64 {
+    // CLK_TCK is 100 on every Linux this runs on; sysconf would need unsafe or libc.
+    100.0
+}
+
+fn cpu_of(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the command name, which may contain spaces, close with ')'.
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+        return 0.0;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15; `rest` starts at field 3.
+    let ticks = |i: usize| {
+        f.get(i - 3)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(14) + ticks(15)) / clock_ticks()
+}
+
+fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat"))
+                .ok()
+                .and_then(|s| {
+                    s.rsplit_once(')')
+                        .map(|(_, r)| r.split_whitespace().nth(1).map(str::to_owned))
+                })
+                .flatten()
+                .and_then(|pp| pp.parse::<u32>().ok())
+                == Some(pid)
+        })
+        .collect()
+}
+
+/// Polls `GET http://addr{path}` until it answers `want`, at most `limit`.
+pub async fn wait_http(
+    addr: SocketAddr,
+    path: &str,
+    want: u16,
+    limit: Duration,
+) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Ok(status) = status_of(addr, path).await {
+            if status == want {
+                return Ok(());
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!("http://{addr}{path} did not answer {want} within {limit:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+async fn status_of(addr: SocketAddr, path: &str) -> anyhow::Result<u16> {
+    use http_body_util::Empty;
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let (mut send, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await?;
+    tokio::spawn(conn);
+    let req = http::Request::get(path)
+        .header("host", "localhost")
+        .body(Empty::<bytes::Bytes>::new())?;
+    Ok(send.send_request(req).await?.status().as_u16())
+}

@@ -1,0 +1,45 @@
+//! `meridian-bench compare` runs end to end against real nginx and wrk (a short run;
+//! the numbers come from release builds, see bench/README.md).
+
+use std::process::Command;
+
+#[test]
+fn compare_produces_a_full_report() {
+    let out_file = tempfile::NamedTempFile::new().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_meridian-bench"))
+        .args([
+            "compare",
+            "--duration",
+            "1",
+            "--rate-small",
+            "200",
+            "--rate-large",
+            "20",
+            "--connections",
+            "4",
+            "--out",
+        ])
+        .arg(out_file.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let report = std::fs::read_to_string(out_file.path()).unwrap();
+    for target in ["direct", "meridian", "nginx"] {
+        for size in ["1 KiB", "1 MiB"] {
+            let row = report
+                .lines()
+                .find(|l| l.starts_with(&format!("| {size} | {target} |")))
+                .unwrap_or_else(|| panic!("no row for {size} {target}:\n{report}"));
+            let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+            let rps: f64 = cells[3].parse().unwrap();
+            assert!(rps > 0.0, "{row}");
+            assert_eq!(cells[7], "0", "errors in {row}");
+            if target != "direct" {
+                let cpu: f64 = cells[8].parse().unwrap();
+                assert!(cpu > 0.0, "{row}");
+            }
+        }
+    }
+    assert!(report.contains("Meridian relative to nginx"));
+}
