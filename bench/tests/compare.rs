@@ -1,6 +1,8 @@
 //! `meridian-bench compare` runs end to end against real nginx and wrk (a short run;
 //! the numbers come from release builds, see bench/README.md).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::process::Command;
 
 #[test]

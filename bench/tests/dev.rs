@@ -1,6 +1,8 @@
 //! The README's start command: `meridian-bench dev` brings up a working deployment on
 //! the documented addresses and stops cleanly on Ctrl-C.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::process::{Command, Stdio};
 use std::time::Duration;
 

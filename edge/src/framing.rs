@@ -10,10 +10,10 @@
 //! body, and stops watching (passes through) once a request is rejected, since the
 //! connection is closed after that answer.
 
-use std::collections::VecDeque;
 use std::io;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -31,6 +31,8 @@ pub enum FramingError {
     InvalidLength,
     /// A transfer coding other than exactly one final `chunked`.
     UnsupportedTransferCoding,
+    /// The guard had stopped watching, so the request's framing is unknown.
+    Unverified,
 }
 
 impl FramingError {
@@ -41,33 +43,82 @@ impl FramingError {
             FramingError::DuplicateLength => "more than one Content-Length",
             FramingError::InvalidLength => "invalid Content-Length",
             FramingError::UnsupportedTransferCoding => "Transfer-Encoding other than chunked",
+            FramingError::Unverified => "request framing could not be verified",
         }
     }
 }
 
-/// Verdicts for the requests of one connection, in arrival order.
-#[derive(Debug, Default)]
+/// Verdicts for the requests of one connection, in arrival order, without a lock:
+/// heads are judged in order and the guard stops after the first refusal, so the
+/// ledger is a count of accepted heads plus at most one refusal at the end.
+#[derive(Debug)]
 pub struct Ledger {
-    verdicts: Mutex<VecDeque<Result<(), FramingError>>>,
+    /// Heads judged acceptable so far.
+    accepted: AtomicU64,
+    /// Requests the service has asked about so far.
+    asked: AtomicU64,
+    /// The refusal that ended the ledger, encoded by `encode`; 0 for none.
+    refused: AtomicU8,
+}
+
+impl Default for Ledger {
+    fn default() -> Self {
+        Ledger {
+            accepted: AtomicU64::new(0),
+            asked: AtomicU64::new(0),
+            refused: AtomicU8::new(0),
+        }
+    }
 }
 
 impl Ledger {
     fn push(&self, v: Result<(), FramingError>) {
-        if let Ok(mut q) = self.verdicts.lock() {
-            q.push_back(v);
+        match v {
+            Ok(()) => {
+                self.accepted.fetch_add(1, Ordering::Release);
+            }
+            Err(e) => self.refused.store(encode(e), Ordering::Release),
         }
     }
 
     /// The verdict for the next request hyper hands to the service. A request with no
     /// recorded verdict (the guard stopped watching) is refused: fail closed.
     pub fn next(&self) -> Result<(), FramingError> {
-        match self.verdicts.lock() {
-            Ok(mut q) => q
-                .pop_front()
-                .unwrap_or(Err(FramingError::UnsupportedTransferCoding)),
-            Err(_) => Err(FramingError::UnsupportedTransferCoding),
+        let n = self.asked.fetch_add(1, Ordering::AcqRel);
+        if n < self.accepted.load(Ordering::Acquire) {
+            return Ok(());
         }
+        Err(decode(self.refused.load(Ordering::Acquire)).unwrap_or(FramingError::Unverified))
     }
+
+    #[cfg(test)]
+    fn pending(&self) -> bool {
+        let asked = self.asked.load(Ordering::Acquire);
+        asked < self.accepted.load(Ordering::Acquire)
+            || (asked == self.accepted.load(Ordering::Acquire)
+                && self.refused.load(Ordering::Acquire) != 0)
+    }
+}
+
+fn encode(e: FramingError) -> u8 {
+    match e {
+        FramingError::LengthAndChunked => 1,
+        FramingError::DuplicateLength => 2,
+        FramingError::InvalidLength => 3,
+        FramingError::UnsupportedTransferCoding => 4,
+        FramingError::Unverified => 5,
+    }
+}
+
+fn decode(v: u8) -> Option<FramingError> {
+    Some(match v {
+        1 => FramingError::LengthAndChunked,
+        2 => FramingError::DuplicateLength,
+        3 => FramingError::InvalidLength,
+        4 => FramingError::UnsupportedTransferCoding,
+        5 => FramingError::Unverified,
+        _ => return None,
+    })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

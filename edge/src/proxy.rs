@@ -6,6 +6,7 @@
 //! snapshot and takes no lock. It must never buffer a body, forward a request the
 //! framing guard refused, or send to a provider routing did not choose.
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -220,13 +221,18 @@ where
     ))
 }
 
-fn host_without_port(h: &str) -> String {
+/// The host part of a `Host` value, lower-cased; borrowed when it already is.
+fn host_without_port(h: &str) -> Cow<'_, str> {
     let host = if let Some(rest) = h.strip_prefix('[') {
         rest.split(']').next().unwrap_or(rest)
     } else {
         h.rsplit_once(':').map_or(h, |(host, _)| host)
     };
-    host.to_ascii_lowercase()
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(host)
+    }
 }
 
 fn header_value(a: &Authority) -> HeaderValue {

@@ -1,6 +1,8 @@
 //! The real `meridian-edge` binary: config checking, SIGHUP reload, graceful drain on
 //! SIGTERM, and memory while streaming 1 GiB each way.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::path::Path;

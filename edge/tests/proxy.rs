@@ -1,6 +1,8 @@
 //! The request path over real sockets: forwarding, streaming details, header
 //! hygiene, pooling and upstream timeouts.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::time::Duration;
@@ -426,4 +428,54 @@ async fn an_upload_cut_off_by_the_client_is_not_stored() {
     .await;
     // ...and nothing was committed.
     assert!(!p.has_object("/partial"));
+}
+
+#[tokio::test]
+async fn tls_providers_are_verified_with_the_configured_ca_sni_and_host_override() {
+    let certs = Certs::new();
+    let leaf = certs.ca.issue(&["store.test"]).unwrap();
+    std::fs::write(certs.path().join("ca.crt"), &certs.ca.cert_pem).unwrap();
+    let p = meridian_sim::SimProvider::start(meridian_sim::SimConfig {
+        name: "tls".into(),
+        addr: "127.0.0.1:0".parse().unwrap(),
+        storage: meridian_sim::Storage::Memory,
+        tls: Some(leaf),
+    })
+    .await
+    .unwrap();
+    for (proto, version) in [("http1", "HTTP/1.1"), ("http2", "HTTP/2.0")] {
+        let toml = format!(
+            "[listeners]\nhttp = \"127.0.0.1:0\"\n[upstream]\nca_file = \"ca.crt\"\n\
+             [[providers]]\nid = \"p1\"\nprotocol = \"{proto}\"\n[providers.endpoint]\naddress = \"{}\"\n\
+             scheme = \"https\"\nsni = \"store.test\"\nhost = \"objects.internal\"\n\
+             [routing]\ndefault_provider = \"p1\"\n",
+            p.addr
+        );
+        let e = edge(&toml, certs.path()).await;
+        let r = get(e.http_addr.unwrap(), "client.example", "/_sim/echo").await;
+        assert_eq!(r.status(), 200, "{proto}");
+        let doc = echo_json(r).await;
+        assert_eq!(doc["version"], version);
+        match proto {
+            "http1" => assert_eq!(echoed(&doc, "host"), ["objects.internal"]),
+            _ => assert!(
+                doc["uri"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("https://objects.internal/"),
+                "{doc}"
+            ),
+        }
+    }
+
+    // The wrong name fails verification: 502, nothing served.
+    let toml = format!(
+        "[listeners]\nhttp = \"127.0.0.1:0\"\n[upstream]\nca_file = \"ca.crt\"\n\
+         [[providers]]\nid = \"p1\"\n[providers.endpoint]\naddress = \"{}\"\nscheme = \"https\"\nsni = \"other.test\"\n\
+         [routing]\ndefault_provider = \"p1\"\n",
+        p.addr
+    );
+    let e = edge(&toml, certs.path()).await;
+    let r = get(e.http_addr.unwrap(), "x", "/_sim/echo").await;
+    assert_eq!(r.status(), 502);
 }

@@ -2,6 +2,8 @@
 //! idle connections and the connection cap. Every refused request must also never
 //! reach the provider.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::path::Path;

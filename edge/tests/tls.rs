@@ -1,6 +1,8 @@
 //! The HTTPS listener over real TLS: protocol versions, ALPN, certificate choice by
 //! SNI, and HTTP/2 limits.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::time::Duration;

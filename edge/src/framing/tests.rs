@@ -7,11 +7,7 @@ fn scan(chunks: &[&[u8]]) -> (Vec<Result<(), FramingError>>, Scanner) {
         s.feed(c, &ledger);
     }
     let mut out = Vec::new();
-    while let Ok(q) = ledger.verdicts.lock() {
-        if q.is_empty() {
-            break;
-        }
-        drop(q);
+    while ledger.pending() {
         out.push(ledger.next());
     }
     (out, s)
@@ -76,7 +72,7 @@ fn ambiguous_framing_is_refused() {
 #[test]
 fn a_request_without_verdict_is_refused() {
     let ledger = Ledger::default();
-    assert!(ledger.next().is_err());
+    assert_eq!(ledger.next(), Err(FramingError::Unverified));
 }
 
 #[test]

@@ -1,6 +1,6 @@
 //! Shared test fixtures: real providers (the simulated object store), real edges
 //! (in-process or as the real binary), real clients over TCP and TLS.
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
