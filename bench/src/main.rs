@@ -49,6 +49,25 @@ enum Cmd {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Send GETs at a fixed rate (open loop, coordinated-omission corrected) and print
+    /// latency quantiles.
+    Load {
+        /// Target address (host:port).
+        #[arg(long)]
+        target: SocketAddr,
+        /// Request path.
+        #[arg(long, default_value = "/")]
+        path: String,
+        /// Requests per second.
+        #[arg(long, default_value_t = 1000.0)]
+        rate: f64,
+        /// Seconds to run.
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+        /// Keep-alive connections.
+        #[arg(long, default_value_t = 32)]
+        connections: usize,
+    },
     /// Run one simulated provider (an S3-style object store) until killed.
     Upstream {
         /// Listening address.
@@ -97,6 +116,33 @@ fn main() -> ExitCode {
                 })
                 .await?;
                 println!("{report}");
+                Ok(())
+            }
+            Cmd::Load {
+                target,
+                path,
+                rate,
+                duration,
+                connections,
+            } => {
+                let spec = meridian_bench::load::LoadSpec {
+                    target,
+                    host: "localhost".into(),
+                    path,
+                    rate,
+                    duration: Duration::from_secs(duration),
+                    connections,
+                };
+                let r = meridian_bench::load::fixed_rate(&spec).await?;
+                println!(
+                    "ok={} errors={} p50={:.3}ms p99={:.3}ms p99.9={:.3}ms max={:.3}ms",
+                    r.ok,
+                    r.errors,
+                    r.ms(0.5),
+                    r.ms(0.99),
+                    r.ms(0.999),
+                    r.latency_us.max() as f64 / 1000.0
+                );
                 Ok(())
             }
             Cmd::Upstream { addr, dir } => {

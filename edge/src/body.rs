@@ -39,15 +39,18 @@ pub enum BodyError {
 
 pin_project! {
     /// Passes frames through, failing if the next one takes longer than `idle`.
+    ///
+    /// The timer is armed only once the inner body first has to wait: most small
+    /// bodies are complete by the time they are polled and never touch the timer
+    /// wheel or the clock.
     #[derive(Debug)]
     pub struct TimedBody<B> {
         #[pin]
         inner: B,
-        #[pin]
-        sleep: Sleep,
         idle: Duration,
-        // Moved forward per frame; the timer is re-armed only when it fires early,
-        // which keeps timer-wheel work off the per-frame path.
+        sleep: Option<Pin<Box<Sleep>>>,
+        // Moved forward per frame while armed; the timer is re-armed only when it
+        // fires early, which keeps timer-wheel work off the per-frame path.
         deadline: Instant,
     }
 }
@@ -55,12 +58,11 @@ pin_project! {
 impl<B> TimedBody<B> {
     /// Wraps `inner` with an idle timeout.
     pub fn new(inner: B, idle: Duration) -> Self {
-        let deadline = Instant::now() + idle;
         TimedBody {
             inner,
-            sleep: tokio::time::sleep_until(deadline),
             idle,
-            deadline,
+            sleep: None,
+            deadline: Instant::now(),
         }
     }
 }
@@ -77,22 +79,33 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        let mut this = self.project();
+        let this = self.project();
         match this.inner.poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                *this.deadline = Instant::now() + *this.idle;
+                if this.sleep.is_some() {
+                    *this.deadline = Instant::now() + *this.idle;
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(BodyError::Stream(e.into())))),
             Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => loop {
-                ready!(this.sleep.as_mut().poll(cx));
-                if Instant::now() >= *this.deadline {
-                    return Poll::Ready(Some(Err(BodyError::Idle(*this.idle))));
+            Poll::Pending => {
+                let sleep = match this.sleep {
+                    Some(sleep) => sleep,
+                    None => {
+                        *this.deadline = Instant::now() + *this.idle;
+                        this.sleep
+                            .insert(Box::pin(tokio::time::sleep_until(*this.deadline)))
+                    }
+                };
+                loop {
+                    ready!(sleep.as_mut().poll(cx));
+                    if Instant::now() >= *this.deadline {
+                        return Poll::Ready(Some(Err(BodyError::Idle(*this.idle))));
+                    }
+                    sleep.as_mut().reset(*this.deadline);
                 }
-                let deadline = *this.deadline;
-                this.sleep.as_mut().reset(deadline);
-            },
+            }
         }
     }
 

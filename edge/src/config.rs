@@ -115,6 +115,8 @@ struct RawConfig {
     #[serde(default)]
     shutdown: ShutdownConfig,
     #[serde(default)]
+    runtime: RuntimeConfig,
+    #[serde(default)]
     providers: Vec<Spanned<ProviderSpec>>,
     routing: RawRouting,
 }
@@ -261,6 +263,15 @@ impl Default for ShutdownConfig {
     }
 }
 
+/// Worker threads.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// Worker threads, each with its own event loop, listeners and upstream pools;
+    /// 0 (the default) means one per available core.
+    pub workers: u32,
+}
+
 /// One certificate and the server names it answers for.
 #[derive(Clone, Debug)]
 pub struct CertificateConfig {
@@ -345,6 +356,8 @@ pub struct EdgeConfig {
     pub forwarding: Forwarding,
     /// Shutdown behaviour.
     pub shutdown: ShutdownConfig,
+    /// Worker threads.
+    pub runtime: RuntimeConfig,
     /// Providers, in file order.
     pub providers: Vec<ProviderSpec>,
     /// Host to provider.
@@ -575,6 +588,7 @@ impl EdgeConfig {
                 via,
             },
             shutdown: raw.shutdown,
+            runtime: raw.runtime,
             providers,
             routing: Routing {
                 default_provider,

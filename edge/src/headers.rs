@@ -77,8 +77,13 @@ pub struct Hop {
 /// Writes `X-Forwarded-For`, `X-Forwarded-Proto` and `Forwarded` for the next hop:
 /// appended to a trusted peer's trail, replacing an untrusted peer's.
 pub fn set_forwarding(headers: &mut HeaderMap, hop: Hop) {
-    let peer = hop.peer.to_string();
-    append_or_replace(headers, &X_FORWARDED_FOR, &peer, hop.trusted);
+    use std::io::Write as _;
+    // Formatted on the stack: one allocation per header, for the value itself.
+    let mut buf = [0u8; 96];
+    let mut cur = std::io::Cursor::new(&mut buf[..]);
+    let _ = write!(cur, "{}", hop.peer);
+    let n = cur.position() as usize;
+    append_or_replace(headers, &X_FORWARDED_FOR, &buf[..n], hop.trusted);
 
     if !(hop.trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
         headers.insert(
@@ -88,58 +93,90 @@ pub fn set_forwarding(headers: &mut HeaderMap, hop: Hop) {
     }
 
     // RFC 7239: IPv6 addresses are bracketed and the node quoted.
-    let node = match hop.peer {
-        IpAddr::V4(_) => peer,
-        IpAddr::V6(_) => format!("\"[{peer}]\""),
+    let mut cur = std::io::Cursor::new(&mut buf[..]);
+    let _ = match hop.peer {
+        IpAddr::V4(ip) => write!(cur, "for={ip};proto={}", hop.proto),
+        IpAddr::V6(ip) => write!(cur, "for=\"[{ip}]\";proto={}", hop.proto),
     };
-    let element = format!("for={node};proto={}", hop.proto);
-    append_or_replace(headers, &header::FORWARDED, &element, hop.trusted);
+    let n = cur.position() as usize;
+    append_or_replace(headers, &header::FORWARDED, &buf[..n], hop.trusted);
 }
 
-fn append_or_replace(headers: &mut HeaderMap, name: &HeaderName, value: &str, append: bool) {
-    let mut combined = String::new();
-    if append {
-        for v in headers.get_all(name) {
-            if let Ok(s) = v.to_str() {
-                let s = s.trim();
-                if !s.is_empty() {
-                    combined.push_str(s);
-                    combined.push_str(", ");
-                }
-            }
-        }
-    }
-    combined.push_str(value);
-    match HeaderValue::from_str(&combined) {
-        Ok(v) => {
+fn append_or_replace(headers: &mut HeaderMap, name: &HeaderName, value: &[u8], append: bool) {
+    let existing = if append {
+        headers.get_all(name).iter().count()
+    } else {
+        0
+    };
+    if existing == 0 {
+        if let Ok(v) = HeaderValue::from_bytes(value) {
             headers.insert(name.clone(), v);
         }
-        // An untrusted-looking trail from a trusted hop is still not ours to keep.
-        Err(_) => {
-            if let Ok(v) = HeaderValue::from_str(value) {
-                headers.insert(name.clone(), v);
-            }
+        return;
+    }
+    let mut combined = Vec::with_capacity(64 + value.len());
+    for v in headers.get_all(name) {
+        let s = v.as_bytes().trim_ascii();
+        if !s.is_empty() {
+            combined.extend_from_slice(s);
+            combined.extend_from_slice(b", ");
+        }
+    }
+    combined.extend_from_slice(value);
+    if let Ok(v) = HeaderValue::from_bytes(&combined) {
+        headers.insert(name.clone(), v);
+    }
+}
+
+/// The `Via` element this edge adds for each protocol version, built once per
+/// config snapshot so the common case (no incoming `Via`) costs no allocation.
+#[derive(Debug, Clone)]
+pub struct ViaValues {
+    v10: HeaderValue,
+    v11: HeaderValue,
+    v2: HeaderValue,
+    v3: HeaderValue,
+}
+
+impl ViaValues {
+    /// Elements for `pseudonym` (already checked to be a token).
+    pub fn new(pseudonym: &str) -> Self {
+        let make = |p: &str| {
+            HeaderValue::from_str(&format!("{p} {pseudonym}"))
+                .unwrap_or_else(|_| HeaderValue::from_static("1.1 meridian"))
+        };
+        ViaValues {
+            v10: make("1.0"),
+            v11: make("1.1"),
+            v2: make("2"),
+            v3: make("3"),
+        }
+    }
+
+    fn for_version(&self, version: Version) -> &HeaderValue {
+        match version {
+            Version::HTTP_10 | Version::HTTP_09 => &self.v10,
+            Version::HTTP_2 => &self.v2,
+            Version::HTTP_3 => &self.v3,
+            _ => &self.v11,
         }
     }
 }
 
 /// Appends this edge to `Via` (RFC 9110 section 7.6.3) for a message received as
 /// `version`.
-pub fn add_via(headers: &mut HeaderMap, version: Version, pseudonym: &HeaderValue) {
-    let proto: &[u8] = match version {
-        Version::HTTP_09 => b"0.9 ",
-        Version::HTTP_10 => b"1.0 ",
-        Version::HTTP_2 => b"2 ",
-        Version::HTTP_3 => b"3 ",
-        _ => b"1.1 ",
-    };
+pub fn add_via(headers: &mut HeaderMap, version: Version, via: &ViaValues) {
+    let element = via.for_version(version);
+    if !headers.contains_key(header::VIA) {
+        headers.insert(header::VIA, element.clone());
+        return;
+    }
     let mut value = Vec::with_capacity(64);
     for v in headers.get_all(header::VIA) {
         value.extend_from_slice(v.as_bytes());
         value.extend_from_slice(b", ");
     }
-    value.extend_from_slice(proto);
-    value.extend_from_slice(pseudonym.as_bytes());
+    value.extend_from_slice(element.as_bytes());
     if let Ok(v) = HeaderValue::from_bytes(&value) {
         headers.insert(header::VIA, v);
     }
@@ -223,11 +260,7 @@ mod tests {
     #[test]
     fn via_appends_per_version() {
         let mut h = map(&[("via", "1.1 cache")]);
-        add_via(
-            &mut h,
-            Version::HTTP_2,
-            &HeaderValue::from_static("meridian"),
-        );
+        add_via(&mut h, Version::HTTP_2, &ViaValues::new("meridian"));
         assert_eq!(h["via"], "1.1 cache, 2 meridian");
     }
 }

@@ -7,6 +7,9 @@
 //! cleans heads between hops, [`body`] streams bodies with idle timeouts, and
 //! [`respond`] is the one place that turns failures into answers.
 //!
+//! [`runtime`] runs one event loop per core; a connection and the upstream
+//! connections it uses stay on one worker thread.
+//!
 //! The library never reads process-wide state (environment, signals); the binary does.
 
 pub mod admin;
@@ -19,6 +22,7 @@ pub mod listener;
 pub mod proxy;
 pub mod respond;
 pub mod route;
+pub mod runtime;
 pub mod server;
 pub mod tls;
 pub mod upstream;

@@ -81,13 +81,6 @@ impl Listener {
         let mut drain = self.drain.clone();
         let proto = if self.tls.is_some() { "https" } else { "http" };
         loop {
-            let permit = tokio::select! {
-                p = self.permits.clone().acquire_owned() => match p {
-                    Ok(p) => p,
-                    Err(_) => return,
-                },
-                _ = drained(&mut drain) => return,
-            };
             let (tcp, peer) = tokio::select! {
                 r = socket.accept() => match r {
                     Ok(x) => x,
@@ -97,6 +90,17 @@ impl Listener {
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     }
+                },
+                _ = drained(&mut drain) => return,
+            };
+            // The connection cap is shared by all workers, but each worker accepts
+            // from its own socket: accept first, then wait for a slot, and accept
+            // nothing more meanwhile. So at most one connection per worker waits
+            // beyond the cap, and it is served as soon as any slot frees up.
+            let permit = tokio::select! {
+                p = self.permits.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => return,
                 },
                 _ = drained(&mut drain) => return,
             };

@@ -24,7 +24,7 @@ use meridian_proto::Protocol;
 use crate::body::{BoxError, ProxyBody, ResponseBody, TimedBody};
 use crate::config::{Forwarding, canonical_ip};
 use crate::conn::ConnState;
-use crate::headers::{self, Hop};
+use crate::headers::{self, Hop, ViaValues};
 use crate::respond::Refusal;
 use crate::route::Router;
 use crate::upstream;
@@ -36,8 +36,8 @@ pub struct Snapshot {
     pub router: Router,
     /// Trusted hops and `Via` name.
     pub forwarding: Forwarding,
-    /// `Via` pseudonym, pre-validated.
-    pub via: HeaderValue,
+    /// `Via` elements, built once.
+    pub via: ViaValues,
     /// Longest request target accepted.
     pub max_uri_bytes: usize,
     /// Idle timeout for bodies in both directions.

@@ -1,5 +1,6 @@
 //! Assembles a running edge from a checked config: binds listeners, builds the
-//! snapshot, and owns reload and graceful shutdown.
+//! snapshot, starts one worker thread per core, and owns reload and graceful
+//! shutdown.
 //!
 //! Reload is all-or-nothing: a config or certificate that fails to load leaves the
 //! running one untouched. Shutdown stops accepting at once and gives in-flight
@@ -9,7 +10,6 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use http::HeaderValue;
 use meridian_proto::ProviderState;
 use rustls::crypto::CryptoProvider;
 use tokio::net::TcpListener;
@@ -18,9 +18,11 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::admin;
 use crate::config::EdgeConfig;
+use crate::headers::ViaValues;
 use crate::listener::Listener;
 use crate::proxy::{Proxy, Snapshot};
 use crate::route::Router;
+use crate::runtime::{bind_reuseport, set_current_worker, worker_count};
 use crate::tls::{self, SniResolver, TlsError};
 use crate::upstream::{PoolError, ProviderPool};
 
@@ -43,9 +45,16 @@ pub enum StartError {
     /// A provider pool could not be built.
     #[error(transparent)]
     Pool(#[from] PoolError),
+    /// A worker thread could not be started.
+    #[error("cannot start a worker thread: {source}")]
+    Worker {
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
-/// A running edge.
+/// A running edge: worker threads serving the listeners, and the handles to reload
+/// and drain them. Dropping it starts a drain.
 pub struct Edge {
     proxy: Arc<Proxy>,
     resolver: Option<Arc<SniResolver>>,
@@ -53,6 +62,7 @@ pub struct Edge {
     drain: watch::Sender<bool>,
     permits: Arc<Semaphore>,
     max_connections: u32,
+    workers: usize,
     config: EdgeConfig,
     /// Bound plain HTTP address.
     pub http_addr: Option<SocketAddr>,
@@ -62,11 +72,27 @@ pub struct Edge {
     pub admin_addr: Option<SocketAddr>,
 }
 
+impl Drop for Edge {
+    fn drop(&mut self) {
+        let _ = self.drain.send(true);
+    }
+}
+
+/// The sockets and shared state one worker thread serves.
+struct WorkerParts {
+    index: usize,
+    http: Option<std::net::TcpListener>,
+    https: Option<std::net::TcpListener>,
+    admin: Option<std::net::TcpListener>,
+}
+
 impl Edge {
-    /// Binds every listener and starts serving.
+    /// Binds every listener (one socket per worker with `SO_REUSEPORT`) and starts
+    /// the worker threads.
     pub async fn start(config: EdgeConfig) -> Result<Edge, StartError> {
         let crypto = tls::crypto_provider();
-        let snapshot = build_snapshot(&config, &crypto, None)?;
+        let workers = worker_count(config.runtime.workers);
+        let snapshot = build_snapshot(&config, &crypto, None, workers)?;
         let proxy = Proxy::new(snapshot);
         let (drain, drain_rx) = watch::channel(false);
         let max_connections = config.limits.max_connections;
@@ -76,49 +102,67 @@ impl Edge {
             Some(_) => Some(SniResolver::new(&config.tls, crypto.clone())?),
             None => None,
         };
+        let acceptor = match &resolver {
+            Some(r) => Some(TlsAcceptor::from(tls::server_config(r.clone())?)),
+            None => None,
+        };
 
-        let mut edge = Edge {
+        let mut http = bind_all("http", config.listeners.http, workers)?;
+        let mut https = bind_all("https", config.listeners.https, workers)?;
+        let mut admin = match config.listeners.admin {
+            Some(addr) => {
+                let l = std::net::TcpListener::bind(addr)
+                    .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                    .map_err(|source| StartError::Bind {
+                        what: "admin",
+                        addr,
+                        source,
+                    })?;
+                Some(l)
+            }
+            None => None,
+        };
+        let local = |v: &[std::net::TcpListener]| v.first().and_then(|l| l.local_addr().ok());
+        let edge = Edge {
             proxy: proxy.clone(),
-            resolver: resolver.clone(),
+            resolver,
             crypto,
             drain,
             permits: permits.clone(),
             max_connections,
+            workers,
             config: config.clone(),
-            http_addr: None,
-            https_addr: None,
-            admin_addr: None,
+            http_addr: local(&http),
+            https_addr: local(&https),
+            admin_addr: admin.as_ref().and_then(|l| l.local_addr().ok()),
         };
 
-        if let Some(addr) = config.listeners.http {
-            let socket = bind("http", addr).await?;
-            edge.http_addr = socket.local_addr().ok();
-            let l = Listener::new(
-                proxy.clone(),
-                None,
-                config.limits.clone(),
-                permits.clone(),
-                drain_rx.clone(),
-            );
-            tokio::spawn(l.serve(socket));
-        }
-        if let (Some(addr), Some(resolver)) = (config.listeners.https, resolver) {
-            let socket = bind("https", addr).await?;
-            edge.https_addr = socket.local_addr().ok();
-            let acceptor = TlsAcceptor::from(tls::server_config(resolver)?);
-            let l = Listener::new(
-                proxy.clone(),
-                Some(acceptor),
-                config.limits.clone(),
-                permits.clone(),
-                drain_rx.clone(),
-            );
-            tokio::spawn(l.serve(socket));
-        }
-        if let Some(addr) = config.listeners.admin {
-            let socket = bind("admin", addr).await?;
-            edge.admin_addr = socket.local_addr().ok();
-            tokio::spawn(admin::serve(socket, drain_rx));
+        for index in 0..workers {
+            let parts = WorkerParts {
+                index,
+                http: http.pop(),
+                https: https.pop(),
+                admin: if index == 0 { admin.take() } else { None },
+            };
+            let proxy = proxy.clone();
+            let acceptor = acceptor.clone();
+            let limits = config.limits.clone();
+            let permits = permits.clone();
+            let drain = drain_rx.clone();
+            std::thread::Builder::new()
+                .name(format!("meridian-w{index}"))
+                .spawn(move || {
+                    run_worker(
+                        parts,
+                        proxy,
+                        acceptor,
+                        limits,
+                        permits,
+                        drain,
+                        max_connections,
+                    )
+                })
+                .map_err(|source| StartError::Worker { source })?;
         }
         Ok(edge)
     }
@@ -127,7 +171,7 @@ impl Edge {
     /// addresses and limits need a restart; a change to them is reported and ignored.
     /// On any error nothing changes.
     pub fn reload(&mut self, config: EdgeConfig) -> Result<(), StartError> {
-        let snapshot = build_snapshot(&config, &self.crypto, Some(&self.proxy))?;
+        let snapshot = build_snapshot(&config, &self.crypto, Some(&self.proxy), self.workers)?;
         if let Some(resolver) = &self.resolver {
             resolver.reload(&config.tls)?;
         }
@@ -152,16 +196,89 @@ impl Edge {
         matches!(tokio::time::timeout(deadline, all).await, Ok(Ok(_)))
     }
 
+    /// Worker threads serving the listeners.
+    pub fn workers(&self) -> usize {
+        self.workers
+    }
+
     /// The config in force.
     pub fn config(&self) -> &EdgeConfig {
         &self.config
     }
 }
 
-async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| StartError::Bind { what, addr, source })
+fn bind_all(
+    what: &'static str,
+    addr: Option<SocketAddr>,
+    workers: usize,
+) -> Result<Vec<std::net::TcpListener>, StartError> {
+    match addr {
+        None => Ok(Vec::new()),
+        Some(addr) => {
+            bind_reuseport(addr, workers).map_err(|source| StartError::Bind { what, addr, source })
+        }
+    }
+}
+
+/// One worker thread: a single-threaded runtime serving this worker's sockets until
+/// drain, then until every connection has closed.
+fn run_worker(
+    parts: WorkerParts,
+    proxy: Arc<Proxy>,
+    acceptor: Option<TlsAcceptor>,
+    limits: crate::config::Limits,
+    permits: Arc<Semaphore>,
+    mut drain: watch::Receiver<bool>,
+    max_connections: u32,
+) {
+    set_current_worker(parts.index);
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(worker = parts.index, error = %e, "cannot start worker runtime");
+            return;
+        }
+    };
+    rt.block_on(async move {
+        let serve =
+            |socket: std::net::TcpListener, tls: Option<TlsAcceptor>| match TcpListener::from_std(
+                socket,
+            ) {
+                Ok(socket) => {
+                    let l = Listener::new(
+                        proxy.clone(),
+                        tls,
+                        limits.clone(),
+                        permits.clone(),
+                        drain.clone(),
+                    );
+                    tokio::spawn(l.serve(socket));
+                }
+                Err(e) => {
+                    tracing::error!(worker = parts.index, error = %e, "cannot register listener")
+                }
+            };
+        if let Some(s) = parts.http {
+            serve(s, None);
+        }
+        if let (Some(s), Some(a)) = (parts.https, acceptor.clone()) {
+            serve(s, Some(a));
+        }
+        if let Some(s) = parts.admin {
+            match TcpListener::from_std(s) {
+                Ok(s) => {
+                    tokio::spawn(admin::serve(s, drain.clone()));
+                }
+                Err(e) => tracing::error!(error = %e, "cannot register admin listener"),
+            }
+        }
+        let _ = drain.wait_for(|d| *d).await;
+        // Connections on this worker finish on this worker's event loop.
+        let _ = permits.acquire_many(max_connections).await;
+    });
 }
 
 /// Builds the request-path snapshot. Pools whose provider spec did not change are
@@ -170,6 +287,7 @@ fn build_snapshot(
     config: &EdgeConfig,
     crypto: &Arc<CryptoProvider>,
     previous: Option<&Proxy>,
+    workers: usize,
 ) -> Result<Snapshot, StartError> {
     let roots = tls::upstream_roots(config.upstream.ca_file.as_deref())?;
     let old = previous.map(|p| p.snapshot());
@@ -186,7 +304,13 @@ fn build_snapshot(
             .cloned();
         let pool = match reused {
             Some(p) => p,
-            None => Arc::new(ProviderPool::new(spec, &config.upstream, &roots, crypto)?),
+            None => Arc::new(ProviderPool::new(
+                spec,
+                &config.upstream,
+                &roots,
+                crypto,
+                workers,
+            )?),
         };
         pools.insert(spec.id.clone(), pool);
     }
@@ -195,8 +319,7 @@ fn build_snapshot(
         config.routing.hosts.iter().cloned(),
         config.routing.default_provider.clone(),
     );
-    let via = HeaderValue::from_str(&config.forwarding.via)
-        .unwrap_or_else(|_| HeaderValue::from_static("meridian"));
+    let via = ViaValues::new(&config.forwarding.via);
     Ok(Snapshot {
         router,
         forwarding: config.forwarding.clone(),

@@ -32,6 +32,7 @@ use tokio_rustls::client::TlsStream;
 use crate::body::ProxyBody;
 use crate::config::UpstreamConfig;
 use crate::route::Target;
+use crate::runtime::current_worker;
 use crate::tls::{TlsError, client_config};
 
 /// Why a request got no response head from its provider.
@@ -76,19 +77,23 @@ pub enum PoolError {
 #[derive(Debug)]
 pub struct ProviderPool {
     spec: ProviderSpec,
-    client: Client<Connector, ProxyBody>,
+    /// One client (and so one set of pooled connections) per worker thread; they
+    /// share the provider's connection cap.
+    clients: Box<[Client<Connector, ProxyBody>]>,
     scheme: UriScheme,
     authority: Authority,
     response_timeout: Duration,
 }
 
 impl ProviderPool {
-    /// Builds the pool for `spec`; no connection is opened until the first request.
+    /// Builds the pool for `spec` with one client per worker; no connection is
+    /// opened until the first request.
     pub fn new(
         spec: &ProviderSpec,
         cfg: &UpstreamConfig,
         roots: &Arc<RootCertStore>,
         crypto: &Arc<CryptoProvider>,
+        workers: usize,
     ) -> Result<Self, PoolError> {
         let id = spec.id.to_string();
         let h2 = spec.protocol == Protocol::Http2;
@@ -120,24 +125,36 @@ impl ProviderPool {
                     id: id.clone(),
                     message: format!("bad address `{}`: {e}", spec.endpoint.address),
                 })?;
-        let connector = Connector(Arc::new(ConnectorInner {
-            address: spec.endpoint.address.clone(),
-            tls,
-            h2,
-            timeout: cfg.connect_timeout.0,
-            permits: Arc::new(Semaphore::new(spec.max_connections as usize)),
-        }));
-        let client = Client::builder(TokioExecutor::new())
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
             .timer(TokioTimer::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(cfg.pool_idle_timeout.0)
             .pool_max_idle_per_host(cfg.max_idle_per_provider as usize)
             .http2_only(h2)
-            .set_host(false)
-            .build(connector);
+            .set_host(false);
+        // Each worker owns a share of the provider's connection cap: idle connections
+        // pooled on one worker could otherwise starve another of slots.
+        let workers = workers.max(1);
+        let clients = (0..workers)
+            .map(|w| {
+                let connector = Connector(Arc::new(ConnectorInner {
+                    address: spec.endpoint.address.clone(),
+                    tls: tls.clone(),
+                    h2,
+                    timeout: cfg.connect_timeout.0,
+                    permits: Arc::new(Semaphore::new(worker_share(
+                        spec.max_connections as usize,
+                        workers,
+                        w,
+                    ))),
+                }));
+                builder.build(connector)
+            })
+            .collect();
         Ok(ProviderPool {
             spec: spec.clone(),
-            client,
+            clients,
             scheme: match spec.endpoint.scheme {
                 Scheme::Http => UriScheme::HTTP,
                 Scheme::Https => UriScheme::HTTPS,
@@ -169,7 +186,9 @@ pub async fn send(
     req: Request<ProxyBody>,
 ) -> Result<Response<Incoming>, UpstreamError> {
     let pool = target.pool();
-    match tokio::time::timeout(pool.response_timeout, pool.client.request(req)).await {
+    // The calling worker's own client: its pooled connections run on this thread.
+    let client = &pool.clients[current_worker() % pool.clients.len()];
+    match tokio::time::timeout(pool.response_timeout, client.request(req)).await {
         Err(_) => Err(UpstreamError::ResponseTimeout),
         Ok(Ok(resp)) => Ok(resp),
         Ok(Err(e)) if e.is_connect() => {
@@ -184,6 +203,12 @@ pub async fn send(
         }
         Ok(Err(e)) => Err(UpstreamError::Exchange(error_chain(&e))),
     }
+}
+
+/// Worker `w`'s share of `total` slots: an even split, the remainder to the first
+/// workers, and never less than one.
+fn worker_share(total: usize, workers: usize, w: usize) -> usize {
+    (total / workers + usize::from(w < total % workers)).max(1)
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -376,5 +401,23 @@ impl hyper::rt::Write for UpstreamIo {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::worker_share;
+
+    #[test]
+    fn connection_cap_is_split_across_workers() {
+        assert_eq!((0..2).map(|w| worker_share(256, 2, w)).sum::<usize>(), 256);
+        assert_eq!(
+            (0..4).map(|w| worker_share(6, 4, w)).collect::<Vec<_>>(),
+            [2, 2, 1, 1]
+        );
+        assert_eq!(
+            (0..4).map(|w| worker_share(2, 4, w)).collect::<Vec<_>>(),
+            [1, 1, 1, 1]
+        );
     }
 }

@@ -264,13 +264,18 @@ async fn upstream_connections_are_reused_and_capped_per_provider() {
     let e = edge(&toml, std::path::Path::new(".")).await;
     let addr = e.http_addr.unwrap();
 
-    // Sequential requests over different client connections share one upstream one.
-    for _ in 0..5 {
+    // Sequential requests over different client connections share upstream ones:
+    // at most one per worker thread, since each worker keeps its own pool.
+    for _ in 0..20 {
         let r = get(addr, "x", "/_sim/echo").await;
         assert_eq!(r.status(), 200);
         text(r).await;
     }
-    assert_eq!(p.connections_accepted(), 1);
+    assert!(
+        p.connections_accepted() as usize <= e.workers(),
+        "{} upstream connections",
+        p.connections_accepted()
+    );
 
     // Twenty concurrent slow requests never open more than the cap.
     let mut tasks = Vec::new();
@@ -285,7 +290,7 @@ async fn upstream_connections_are_reused_and_capped_per_provider() {
         t.await.unwrap();
     }
     assert!(p.peak_connections() <= 2, "peak {}", p.peak_connections());
-    assert_eq!(p.connections_accepted(), 2);
+    assert!(p.connections_accepted() <= 2 + e.workers() as u64);
 }
 
 #[tokio::test]

@@ -106,7 +106,8 @@ pub struct ProviderSpec {
     /// HTTP version spoken to it.
     #[serde(default)]
     pub protocol: Protocol,
-    /// Most connections an edge keeps open to it at once; further requests wait for one.
+    /// Most connections an edge keeps open to it at once; further requests wait for
+    /// one. An edge splits it evenly across its worker threads (at least one each).
     #[serde(default = "default_max_connections")]
     pub max_connections: u32,
     /// Administrative state.
