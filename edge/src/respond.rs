@@ -54,7 +54,7 @@ impl Refusal {
     /// The answer to send.
     pub fn into_response(self, guard: Option<InflightGuard>) -> Response<ResponseBody> {
         let (status, code, close) = self.parts();
-        let body = serde_json_line(code, &self.to_string());
+        let body = json_error_body(code, &self.to_string());
         let mut resp = Response::new(ResponseBody::local(body, guard));
         *resp.status_mut() = status;
         let h = resp.headers_mut();
@@ -81,7 +81,7 @@ impl Refusal {
 
 /// `{"error":CODE,"reason":TEXT}` with TEXT escaped; written by hand to keep the
 /// edge's error path free of a JSON dependency.
-fn serde_json_line(code: &str, reason: &str) -> String {
+fn json_error_body(code: &str, reason: &str) -> String {
     let mut out = String::with_capacity(32 + reason.len());
     out.push_str("{\"error\":\"");
     out.push_str(code);
@@ -116,7 +116,7 @@ mod tests {
     #[test]
     fn reason_is_escaped() {
         assert_eq!(
-            serde_json_line("x", "a\"b\n"),
+            json_error_body("x", "a\"b\n"),
             "{\"error\":\"x\",\"reason\":\"a\\\"b\\u000a\"}\n"
         );
     }

@@ -112,19 +112,8 @@ async fn sighup_reloads_certificates_without_dropping_connections_and_refuses_ba
     // An open keep-alive connection from before the reload.
     let cfg = client_tls(&certs.ca.cert_pem, &[b"http/1.1"], rustls::ALL_VERSIONS);
     let s = tls(https, "a.test", cfg).await.unwrap();
-    let (mut old, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(s))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let r = old
-        .send_request(
-            Request::get("/_sim/echo")
-                .header("host", "a.test")
-                .body(Body::default())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
+    let mut old = h1_on(s).await;
+    let r = get_on(&mut old, "a.test", "/_sim/echo").await;
     assert_eq!(r.status(), 200);
     text(r).await;
 
@@ -134,15 +123,7 @@ async fn sighup_reloads_certificates_without_dropping_connections_and_refuses_ba
         (served_cert(https, "a.test").await == Some(der(&second.cert_pem))).then_some(())
     })
     .await;
-    let r = old
-        .send_request(
-            Request::get("/_sim/echo")
-                .header("host", "a.test")
-                .body(Body::default())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
+    let r = get_on(&mut old, "a.test", "/_sim/echo").await;
     assert_eq!(
         r.status(),
         200,
@@ -183,7 +164,12 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
     })
     .await;
     edge.signal(Signal::SIGTERM);
-    // New connections are refused once the listener is closed...
+    // Readiness drops at once, so load balancers stop sending...
+    poll_until(Duration::from_secs(10), || async {
+        (admin_status(admin, "/readyz").await == Some(503)).then_some(())
+    })
+    .await;
+    // ...new connections are refused once the listener is closed...
     poll_until(Duration::from_secs(10), || async {
         tokio::net::TcpStream::connect(http)
             .await
@@ -292,15 +278,7 @@ async fn one_gib_up_and_down_streams_intact_within_64_mib_of_edge_memory() {
     );
     text(r).await;
 
-    let r = c
-        .send_request(
-            Request::get("/big/object")
-                .header("host", "x")
-                .body(Body::default())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
+    let r = get_on(&mut c, "x", "/big/object").await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["content-length"], GIB.to_string());
     let mut body = r.into_body();

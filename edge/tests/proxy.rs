@@ -31,15 +31,7 @@ async fn put_get_head_range_delete_through_the_edge() {
     assert_eq!(r.status(), 200);
     text(r).await;
 
-    let r = c
-        .send_request(
-            Request::get("/bucket/obj")
-                .header("host", "x")
-                .body(Body::default())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
+    let r = get_on(&mut c, "x", "/bucket/obj").await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["content-length"], "100000");
     let got = r.into_body().collect().await.unwrap().to_bytes();
@@ -83,15 +75,7 @@ async fn put_get_head_range_delete_through_the_edge() {
         .await
         .unwrap();
     assert_eq!(r.status(), 204);
-    let r = c
-        .send_request(
-            Request::get("/bucket/obj")
-                .header("host", "x")
-                .body(Body::default())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
+    let r = get_on(&mut c, "x", "/bucket/obj").await;
     assert_eq!(r.status(), 404);
 }
 

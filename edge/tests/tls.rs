@@ -76,19 +76,8 @@ async fn tls12_and_tls13_both_work_and_alpn_selects_the_protocol() {
     // HTTP/1.1 over TLS serves requests too.
     let cfg = client_tls(&certs.ca.cert_pem, &[b"http/1.1"], rustls::ALL_VERSIONS);
     let s = tls(addr, "a.test", cfg).await.unwrap();
-    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(s))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let r = send
-        .send_request(
-            Request::get("/_sim/echo")
-                .header("host", "a.test")
-                .body(Body::default())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
+    let mut send = h1_on(s).await;
+    let r = get_on(&mut send, "a.test", "/_sim/echo").await;
     assert_eq!(r.status(), 200);
     let doc = echo_json(r).await;
     assert_eq!(echoed(&doc, "x-forwarded-proto"), ["https"]);
@@ -214,4 +203,28 @@ async fn a_rapid_reset_flood_gets_the_connection_closed() {
         err.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM) || err.is_io(),
         "{err}"
     );
+}
+
+#[tokio::test]
+async fn http2_oversized_header_block_is_431_and_not_forwarded() {
+    let p = provider("p1").await;
+    let certs = Certs::new();
+    certs.write("a", &["a.test"]);
+    let toml = config_toml(p.addr, true, &tls_tables(&[("a", &["a.test"])], None));
+    let e = edge(&toml, certs.path()).await;
+
+    let cfg = client_tls(&certs.ca.cert_pem, &[b"h2"], rustls::ALL_VERSIONS);
+    let s = tls(e.https_addr.unwrap(), "a.test", cfg).await.unwrap();
+    let (send, conn) = h2::client::handshake(s).await.unwrap();
+    tokio::spawn(conn);
+    let mut send = send.ready().await.unwrap();
+    let big = "a".repeat(70 * 1024);
+    let req = Request::get("https://a.test/_sim/echo")
+        .header("x-big", big.as_str())
+        .body(())
+        .unwrap();
+    let (resp, _) = send.send_request(req, true).unwrap();
+    let resp = resp.await.unwrap();
+    assert_eq!(resp.status(), 431);
+    assert_eq!(p.requests(), 0);
 }

@@ -84,18 +84,28 @@ pub async fn edge(toml: &str, base: &Path) -> Edge {
 
 /// Opens an HTTP/1.1 connection.
 pub async fn h1(addr: SocketAddr) -> hyper::client::conn::http1::SendRequest<Body> {
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+    h1_on(TcpStream::connect(addr).await.unwrap()).await
+}
+
+/// Speaks HTTP/1.1 over an established stream (TCP or TLS).
+pub async fn h1_on<I>(io: I) -> hyper::client::conn::http1::SendRequest<Body>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
         .await
         .unwrap();
     tokio::spawn(conn);
     send
 }
 
-/// GET `path` with `Host: host` over a fresh HTTP/1.1 connection.
-pub async fn get(addr: SocketAddr, host: &str, path: &str) -> Response<Incoming> {
-    let mut s = h1(addr).await;
-    s.send_request(
+/// GET `path` with `Host: host` on an open connection.
+pub async fn get_on(
+    send: &mut hyper::client::conn::http1::SendRequest<Body>,
+    host: &str,
+    path: &str,
+) -> Response<Incoming> {
+    send.send_request(
         Request::get(path)
             .header("host", host)
             .body(Body::default())
@@ -103,6 +113,26 @@ pub async fn get(addr: SocketAddr, host: &str, path: &str) -> Response<Incoming>
     )
     .await
     .unwrap()
+}
+
+/// The status of `GET path` on the admin listener, if it answers at all.
+pub async fn admin_status(admin: SocketAddr, path: &str) -> Option<u16> {
+    let tcp = TcpStream::connect(admin).await.ok()?;
+    let (mut s, c) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .ok()?;
+    tokio::spawn(c);
+    let r = s
+        .send_request(Request::get(path).body(Body::default()).unwrap())
+        .await
+        .ok()?;
+    Some(r.status().as_u16())
+}
+
+/// GET `path` with `Host: host` over a fresh HTTP/1.1 connection.
+pub async fn get(addr: SocketAddr, host: &str, path: &str) -> Response<Incoming> {
+    let mut s = h1(addr).await;
+    get_on(&mut s, host, path).await
 }
 
 /// Collects a body (small test bodies only).
@@ -268,16 +298,7 @@ impl EdgeProcess {
             .unwrap();
         let p = EdgeProcess { child, config };
         poll_until(Duration::from_secs(20), || async {
-            let tcp = TcpStream::connect(admin).await.ok()?;
-            let (mut s, c) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-                .await
-                .ok()?;
-            tokio::spawn(c);
-            let r = s
-                .send_request(Request::get("/readyz").body(Body::default()).unwrap())
-                .await
-                .ok()?;
-            (r.status() == 200).then_some(())
+            (admin_status(admin, "/readyz").await == Some(200)).then_some(())
         })
         .await;
         p
