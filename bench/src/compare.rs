@@ -181,10 +181,7 @@ fn nginx_config(work: &Path, listen: SocketAddr, upstream: SocketAddr) -> String
 }
 
 async fn put(addr: SocketAddr, path: &str, data: Vec<u8>) -> anyhow::Result<()> {
-    let tcp = tokio::net::TcpStream::connect(addr).await?;
-    let (mut send, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await?;
-    tokio::spawn(conn);
+    let mut send = crate::procs::h1_client(addr).await?;
     let req = http::Request::put(path)
         .header("host", "localhost")
         .body(Full::new(Bytes::from(data)))?;

@@ -11,8 +11,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
+
+use crate::procs::h1_client;
 
 /// One fixed-rate run.
 #[derive(Clone, Debug)]
@@ -103,7 +104,7 @@ async fn worker(
             intended
         };
         if conn.is_none() {
-            conn = connect(spec.target).await.ok();
+            conn = h1_client(spec.target).await.ok();
         }
         let outcome = match conn.as_mut() {
             Some(send) => request(send, &spec).await,
@@ -127,14 +128,6 @@ async fn worker(
 }
 
 type Sender = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
-
-async fn connect(addr: SocketAddr) -> anyhow::Result<Sender> {
-    let tcp = tokio::net::TcpStream::connect(addr).await?;
-    tcp.set_nodelay(true)?;
-    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
-    tokio::spawn(conn);
-    Ok(send)
-}
 
 async fn request(send: &mut Sender, spec: &LoadSpec) -> anyhow::Result<u64> {
     send.ready().await?;

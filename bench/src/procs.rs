@@ -147,12 +147,26 @@ pub async fn wait_http(
     }
 }
 
-async fn status_of(addr: SocketAddr, path: &str) -> anyhow::Result<u16> {
-    use http_body_util::Empty;
+/// An HTTP/1.1 client connection to `addr` (TCP_NODELAY), driven by a spawned task.
+pub async fn h1_client<B>(
+    addr: SocketAddr,
+) -> anyhow::Result<hyper::client::conn::http1::SendRequest<B>>
+where
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let tcp = tokio::net::TcpStream::connect(addr).await?;
-    let (mut send, conn) =
+    tcp.set_nodelay(true)?;
+    let (send, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await?;
     tokio::spawn(conn);
+    Ok(send)
+}
+
+async fn status_of(addr: SocketAddr, path: &str) -> anyhow::Result<u16> {
+    use http_body_util::Empty;
+    let mut send = h1_client(addr).await?;
     let req = http::Request::get(path)
         .header("host", "localhost")
         .body(Empty::<bytes::Bytes>::new())?;
