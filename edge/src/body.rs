@@ -130,7 +130,7 @@ pin_project! {
         /// Streamed from a provider.
         Upstream {
             #[pin]
-            body: TimedBody<hyper::body::Incoming>,
+            body: TimedBody<crate::upstream::UpstreamBody>,
             guard: Option<InflightGuard>,
         },
         /// Written by the edge.

@@ -58,15 +58,19 @@ impl ConnState {
 
     /// Called by the framing guard after each read.
     pub fn observe_head(&self, completed: bool, mid_head: bool) {
-        let now = Instant::now();
-        if completed {
-            self.idle_since.store(self.millis(now), Ordering::Relaxed);
-        }
-        if mid_head {
-            if self.head_started.load(Ordering::Relaxed) == NONE {
-                self.head_started.store(self.millis(now), Ordering::Relaxed);
+        // Reads mostly carry whole heads or body bytes: touch the clock only when
+        // something changed.
+        let starting = mid_head && self.head_started.load(Ordering::Relaxed) == NONE;
+        if completed || starting {
+            let now = self.millis(Instant::now());
+            if completed {
+                self.idle_since.store(now, Ordering::Relaxed);
             }
-        } else {
+            if starting {
+                self.head_started.store(now, Ordering::Relaxed);
+            }
+        }
+        if !mid_head {
             self.head_started.store(NONE, Ordering::Relaxed);
         }
     }

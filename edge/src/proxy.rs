@@ -117,7 +117,7 @@ impl Proxy {
     }
 }
 
-type Forwarded = Response<TimedBody<hyper::body::Incoming>>;
+type Forwarded = Response<TimedBody<crate::upstream::UpstreamBody>>;
 
 async fn forward<B>(snap: &Snapshot, req: Request<B>, conn: &ConnInfo) -> Result<Forwarded, Refusal>
 where
@@ -177,31 +177,29 @@ where
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    let authority = match pool.spec().protocol {
+    match pool.spec().protocol {
         Protocol::Http1 => {
+            // Origin-form request target, the host in `Host` (RFC 9112 section 3.2).
             parts.version = Version::HTTP_11;
-            match presented {
-                Some(h) => parts.headers.insert(header::HOST, h),
-                None => parts
-                    .headers
-                    .insert(header::HOST, header_value(pool.authority())),
-            };
-            pool.authority().clone()
+            let host = presented.unwrap_or_else(|| header_value(pool.authority()));
+            parts.headers.insert(header::HOST, host);
+            parts.uri = Uri::from(path);
         }
         Protocol::Http2 => {
+            // The host travels as `:authority`, taken from the URI.
             parts.version = Version::HTTP_2;
             parts.headers.remove(header::HOST);
-            presented
+            let authority = presented
                 .and_then(|h| Authority::try_from(h.as_bytes()).ok())
-                .unwrap_or_else(|| pool.authority().clone())
+                .unwrap_or_else(|| pool.authority().clone());
+            parts.uri = Uri::builder()
+                .scheme(pool.scheme().clone())
+                .authority(authority)
+                .path_and_query(path)
+                .build()
+                .map_err(|e| Refusal::Upstream(upstream::UpstreamError::Exchange(e.to_string())))?;
         }
-    };
-    parts.uri = Uri::builder()
-        .scheme(pool.scheme().clone())
-        .authority(authority)
-        .path_and_query(path)
-        .build()
-        .map_err(|e| Refusal::Upstream(upstream::UpstreamError::Exchange(e.to_string())))?;
+    }
 
     let body: ProxyBody = TimedBody::new(body, snap.body_idle)
         .map_err(|e| -> BoxError { Box::new(e) })

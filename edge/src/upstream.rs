@@ -30,10 +30,15 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
 use crate::body::ProxyBody;
+
+mod inline;
+
 use crate::config::UpstreamConfig;
 use crate::route::Target;
 use crate::runtime::current_worker;
 use crate::tls::{TlsError, client_config};
+pub use inline::InlineBody;
+use inline::InlinePool;
 
 /// Why a request got no response head from its provider.
 #[derive(Debug, thiserror::Error)]
@@ -73,13 +78,29 @@ pub enum PoolError {
     },
 }
 
+/// Per-worker connection pools, by protocol.
+enum Workers {
+    /// HTTP/1.1: connections driven inline by the requests using them.
+    H1(Box<[Arc<InlinePool>]>),
+    /// HTTP/2: multiplexed connections in hyper-util's pool, driven by their own task.
+    H2(Box<[Client<Connector, ProxyBody>]>),
+}
+
+impl std::fmt::Debug for Workers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Workers::H1(p) => write!(f, "H1({} workers)", p.len()),
+            Workers::H2(c) => write!(f, "H2({} workers)", c.len()),
+        }
+    }
+}
+
 /// Everything needed to talk to one provider; shared by all requests to it.
 #[derive(Debug)]
 pub struct ProviderPool {
     spec: ProviderSpec,
-    /// One client (and so one set of pooled connections) per worker thread; they
-    /// share the provider's connection cap.
-    clients: Box<[Client<Connector, ProxyBody>]>,
+    /// One pool per worker thread, each with its share of the connection cap.
+    workers: Workers,
     scheme: UriScheme,
     authority: Authority,
     response_timeout: Duration,
@@ -136,25 +157,32 @@ impl ProviderPool {
         // Each worker owns a share of the provider's connection cap: idle connections
         // pooled on one worker could otherwise starve another of slots.
         let workers = workers.max(1);
-        let clients = (0..workers)
-            .map(|w| {
-                let connector = Connector(Arc::new(ConnectorInner {
-                    address: spec.endpoint.address.clone(),
-                    tls: tls.clone(),
-                    h2,
-                    timeout: cfg.connect_timeout.0,
-                    permits: Arc::new(Semaphore::new(worker_share(
-                        spec.max_connections as usize,
-                        workers,
-                        w,
-                    ))),
-                }));
-                builder.build(connector)
-            })
-            .collect();
+        let connector = |w: usize| {
+            Connector(Arc::new(ConnectorInner {
+                address: spec.endpoint.address.clone(),
+                tls: tls.clone(),
+                h2,
+                timeout: cfg.connect_timeout.0,
+                permits: Arc::new(Semaphore::new(worker_share(
+                    spec.max_connections as usize,
+                    workers,
+                    w,
+                ))),
+            }))
+        };
+        let workers = if h2 {
+            Workers::H2((0..workers).map(|w| builder.build(connector(w))).collect())
+        } else {
+            let (max_idle, idle) = (cfg.max_idle_per_provider as usize, cfg.pool_idle_timeout.0);
+            Workers::H1(
+                (0..workers)
+                    .map(|w| InlinePool::new(connector(w), max_idle, idle))
+                    .collect(),
+            )
+        };
         Ok(ProviderPool {
             spec: spec.clone(),
-            clients,
+            workers,
             scheme: match spec.endpoint.scheme {
                 Scheme::Http => UriScheme::HTTP,
                 Scheme::Https => UriScheme::HTTPS,
@@ -184,24 +212,73 @@ impl ProviderPool {
 pub async fn send(
     target: &Target,
     req: Request<ProxyBody>,
-) -> Result<Response<Incoming>, UpstreamError> {
+) -> Result<Response<UpstreamBody>, UpstreamError> {
     let pool = target.pool();
-    // The calling worker's own client: its pooled connections run on this thread.
-    let client = &pool.clients[current_worker() % pool.clients.len()];
-    match tokio::time::timeout(pool.response_timeout, client.request(req)).await {
-        Err(_) => Err(UpstreamError::ResponseTimeout),
-        Ok(Ok(resp)) => Ok(resp),
-        Ok(Err(e)) if e.is_connect() => {
-            let timed_out = std::error::Error::source(&e)
-                .and_then(|s| s.downcast_ref::<io::Error>())
-                .is_some_and(|io| io.kind() == io::ErrorKind::TimedOut);
-            if timed_out {
-                Err(UpstreamError::ConnectTimeout)
-            } else {
-                Err(UpstreamError::Connect(error_chain(&e)))
-            }
+    // The calling worker's own pool: its connections live on this thread.
+    let w = current_worker();
+    let exchange = async {
+        match &pool.workers {
+            Workers::H1(pools) => pools[w % pools.len()]
+                .send(req)
+                .await
+                .map(|r| r.map(UpstreamBody::H1)),
+            Workers::H2(clients) => match clients[w % clients.len()].request(req).await {
+                Ok(resp) => Ok(resp.map(UpstreamBody::H2)),
+                Err(e) if e.is_connect() => {
+                    let timed_out = std::error::Error::source(&e)
+                        .and_then(|s| s.downcast_ref::<io::Error>())
+                        .is_some_and(|io| io.kind() == io::ErrorKind::TimedOut);
+                    if timed_out {
+                        Err(UpstreamError::ConnectTimeout)
+                    } else {
+                        Err(UpstreamError::Connect(error_chain(&e)))
+                    }
+                }
+                Err(e) => Err(UpstreamError::Exchange(error_chain(&e))),
+            },
         }
-        Ok(Err(e)) => Err(UpstreamError::Exchange(error_chain(&e))),
+    };
+    match tokio::time::timeout(pool.response_timeout, exchange).await {
+        Err(_) => Err(UpstreamError::ResponseTimeout),
+        Ok(r) => r,
+    }
+}
+
+/// A provider's response body, whichever protocol carried it.
+#[derive(Debug)]
+pub enum UpstreamBody {
+    /// HTTP/1.1, driving its connection.
+    H1(InlineBody),
+    /// HTTP/2.
+    H2(Incoming),
+}
+
+impl http_body::Body for UpstreamBody {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            UpstreamBody::H1(b) => Pin::new(b).poll_frame(cx),
+            UpstreamBody::H2(b) => Pin::new(b).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::H1(b) => b.is_end_stream(),
+            UpstreamBody::H2(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self {
+            UpstreamBody::H1(b) => b.size_hint(),
+            UpstreamBody::H2(b) => b.size_hint(),
+        }
     }
 }
 
@@ -255,14 +332,28 @@ impl tower_service::Service<http::Uri> for Connector {
                 .acquire_owned()
                 .await
                 .map_err(|_| io::Error::other("provider pool closed"))?;
-            let stream = tokio::time::timeout(inner.timeout, connect(&inner))
-                .await
-                .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
-            Ok(UpstreamIo {
-                io: TokioIo::new(stream),
-                h2: inner.h2,
-                _permit: permit,
-            })
+            Connector(inner).open(permit).await
+        })
+    }
+}
+
+impl Connector {
+    /// This worker's connection slots for the provider.
+    fn permits(&self) -> &Arc<Semaphore> {
+        &self.0.permits
+    }
+
+    /// Opens a connection in the slot `permit` holds (TCP, then TLS when configured),
+    /// within the connect timeout.
+    async fn open(&self, permit: OwnedSemaphorePermit) -> io::Result<UpstreamIo> {
+        let inner = &self.0;
+        let stream = tokio::time::timeout(inner.timeout, connect(inner))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+        Ok(UpstreamIo {
+            io: TokioIo::new(stream),
+            h2: inner.h2,
+            _permit: permit,
         })
     }
 }

@@ -111,6 +111,10 @@ async fn hop_by_hop_headers_are_removed_both_ways_and_via_added() {
         );
     }
     assert_eq!(echoed(&doc, "x-end-to-end"), ["kept"]);
+    assert_eq!(
+        doc["uri"], "/_sim/echo",
+        "HTTP/1.1 upstream requests use origin-form"
+    );
     assert_eq!(echoed(&doc, "via"), ["1.1 meridian"]);
 }
 
@@ -467,4 +471,41 @@ async fn tls_providers_are_verified_with_the_configured_ca_sni_and_host_override
     let e = edge(&toml, certs.path()).await;
     let r = get(e.http_addr.unwrap(), "x", "/_sim/echo").await;
     assert_eq!(r.status(), 502);
+}
+
+#[tokio::test]
+async fn a_pooled_connection_the_provider_closed_is_not_used_again() {
+    // A provider that answers one request per connection, then closes it without
+    // saying so (no `Connection: close`), as an idle timeout on its side would.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    let (closed_tx, mut closed_rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = listener.accept().await.unwrap();
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let closed_tx = closed_tx.clone();
+            tokio::spawn(async move {
+                let head = read_until(&mut s, "\r\n\r\n", Duration::from_secs(10)).await;
+                assert!(head.starts_with("GET /"), "{head}");
+                s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                    .await
+                    .unwrap();
+                drop(s);
+                closed_tx.send(()).unwrap();
+            });
+        }
+    });
+    let toml = config_toml(addr, false, "[runtime]\nworkers = 1\n");
+    let e = edge(&toml, std::path::Path::new(".")).await;
+    let http = e.http_addr.unwrap();
+    for i in 0..3 {
+        let r = get(http, "x", "/").await;
+        assert_eq!(r.status(), 200, "request {i}");
+        assert_eq!(text(r).await, "ok");
+        closed_rx.recv().await.unwrap();
+    }
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 3);
 }
