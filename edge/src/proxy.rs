@@ -99,7 +99,9 @@ impl Proxy {
                 return Ok(Refusal::Framing(e).into_response(Some(guard)));
             }
         }
-        let snap = self.snapshot.load();
+        // One snapshot per request, held as an Arc: the request may wait on a
+        // provider for a while, longer than an arc-swap guard should be held.
+        let snap = self.snapshot.load_full();
         match forward(&snap, req, conn).await {
             Ok(resp) => {
                 let (parts, body) = resp.into_parts();
