@@ -7,6 +7,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::Jurisdiction;
+
 /// A provider's stable identifier, unique in a fleet (for example `cn-sh-1`).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -95,12 +97,40 @@ impl Endpoint {
     }
 }
 
+/// A point on Earth, in degrees.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Coordinates {
+    /// Latitude, -90 to 90.
+    pub lat: f64,
+    /// Longitude, -180 to 180.
+    pub lon: f64,
+}
+
 /// A storage provider as the fleet model describes it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProviderSpec {
     /// Unique identifier.
     pub id: ProviderId,
+    /// Where its data centre is, legally: the jurisdiction whose law governs data
+    /// stored there.
+    pub jurisdiction: Jurisdiction,
+    /// The company running it.
+    #[serde(default)]
+    pub operator: Option<String>,
+    /// The data centre or region name.
+    #[serde(default)]
+    pub site: Option<String>,
+    /// Where it is physically.
+    #[serde(default)]
+    pub coordinates: Option<Coordinates>,
+    /// Properties that policies can require, e.g. `keys-offshore`.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Relative share among otherwise equal providers.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
     /// How to reach it.
     pub endpoint: Endpoint,
     /// HTTP version spoken to it.
@@ -117,6 +147,10 @@ pub struct ProviderSpec {
 
 fn default_max_connections() -> u32 {
     256
+}
+
+fn default_weight() -> u32 {
+    100
 }
 
 #[cfg(test)]
@@ -150,13 +184,17 @@ mod tests {
 
     #[test]
     fn spec_defaults_and_rejects_unknown_fields() {
-        let spec: ProviderSpec =
-            toml::from_str("id = \"a\"\n[endpoint]\naddress = \"127.0.0.1:9000\"\n").unwrap();
+        let spec: ProviderSpec = toml::from_str(
+            "id = \"a\"\njurisdiction = \"DE\"\n[endpoint]\naddress = \"127.0.0.1:9000\"\n",
+        )
+        .unwrap();
         assert_eq!(spec.protocol, Protocol::Http1);
         assert_eq!(spec.max_connections, 256);
         assert_eq!(spec.state, ProviderState::Active);
+        assert_eq!(spec.weight, 100);
+        assert_eq!(spec.jurisdiction.as_str(), "DE");
         let err = toml::from_str::<ProviderSpec>(
-            "id = \"a\"\nbogus = 1\n[endpoint]\naddress = \"x:1\"\n",
+            "id = \"a\"\njurisdiction = \"DE\"\nbogus = 1\n[endpoint]\naddress = \"x:1\"\n",
         )
         .unwrap_err();
         assert!(err.to_string().contains("bogus"), "{err}");
