@@ -61,10 +61,8 @@ fn free_addr() -> anyhow::Result<SocketAddr> {
 
 /// Runs the comparison and returns the report (markdown).
 pub async fn run(opts: CompareOptions) -> anyhow::Result<String> {
-    let nginx = which("nginx")
-        .context("nginx is required: apt-get install nginx-light (scripts/test installs it)")?;
-    let wrk =
-        which("wrk").context("wrk is required: apt-get install wrk (scripts/test installs it)")?;
+    let nginx = which("nginx").context("nginx is required: apt-get install nginx-light (scripts/test installs it)")?;
+    let wrk = which("wrk").context("wrk is required: apt-get install wrk (scripts/test installs it)")?;
     let work = tempfile_dir()?;
 
     let upstream = free_addr()?;
@@ -83,8 +81,10 @@ pub async fn run(opts: CompareOptions) -> anyhow::Result<String> {
         &edge_cfg,
         format!(
             "[listeners]\nhttp = \"{edge_addr}\"\nadmin = \"{admin}\"\n\n[limits]\nmax_connections = 4096\n\n\
-             [[providers]]\nid = \"up\"\nmax_connections = 512\n[providers.endpoint]\naddress = \"{upstream}\"\n\n\
-             [routing]\ndefault_provider = \"up\"\n"
+             [log]\naccess = false\n\n\
+             [[fleet.providers]]\nid = \"up\"\njurisdiction = \"US\"\nmax_connections = 512\n\
+             [fleet.providers.endpoint]\naddress = \"{upstream}\"\n\n\
+             [fleet.policy]\nunknown_origin = \"US\"\nrules = [{{ name = \"any\", origin = \"*\", allow = [\"*\"] }}]\n"
         ),
     )?;
     let edge_bin = sibling_binary("meridian-edge")?;
@@ -138,9 +138,7 @@ pub async fn run(opts: CompareOptions) -> anyhow::Result<String> {
             })
             .await?;
             let cpu = match (proc_, cpu0) {
-                (Some(p), Some(c0)) if res.ok > 0 => {
-                    Some((p.cpu_seconds() - c0) / res.ok as f64 * 10_000.0)
-                }
+                (Some(p), Some(c0)) if res.ok > 0 => Some((p.cpu_seconds() - c0) / res.ok as f64 * 10_000.0),
                 _ => None,
             };
             rows.push(Row {
@@ -193,13 +191,7 @@ async fn put(addr: SocketAddr, path: &str, data: Vec<u8>) -> anyhow::Result<()> 
     Ok(())
 }
 
-fn wrk_rps(
-    wrk: &Path,
-    addr: SocketAddr,
-    path: &str,
-    connections: usize,
-    d: Duration,
-) -> anyhow::Result<f64> {
+fn wrk_rps(wrk: &Path, addr: SocketAddr, path: &str, connections: usize, d: Duration) -> anyhow::Result<f64> {
     let out = Command::new(wrk)
         .args([
             "-t1",
@@ -211,10 +203,7 @@ fn wrk_rps(
         .context("running wrk")?;
     let text = String::from_utf8_lossy(&out.stdout);
     text.lines()
-        .find_map(|l| {
-            l.strip_prefix("Requests/sec:")
-                .map(|v| v.trim().parse::<f64>())
-        })
+        .find_map(|l| l.strip_prefix("Requests/sec:").map(|v| v.trim().parse::<f64>()))
         .with_context(|| format!("no Requests/sec in wrk output:\n{text}"))?
         .context("parsing wrk's Requests/sec")
 }

@@ -25,35 +25,61 @@ pub const EDGE_ADMIN: &str = "127.0.0.1:9901";
 /// A provider of the demo fleet.
 struct DemoProvider {
     id: &'static str,
+    jurisdiction: &'static str,
     addr: &'static str,
     protocol: &'static str,
     tls: bool,
-    host: &'static str,
 }
 
-const FLEET: [DemoProvider; 3] = [
+/// Two providers in each of CN, DE and US; one of each pair speaks HTTP/2 or TLS so
+/// every upstream flavour is exercised.
+const FLEET: [DemoProvider; 6] = [
     DemoProvider {
-        id: "store-a",
+        id: "cn-sh-1",
+        jurisdiction: "CN",
         addr: "127.0.0.1:9101",
         protocol: "http1",
         tls: false,
-        host: "a.demo.local",
     },
     DemoProvider {
-        id: "store-b",
+        id: "cn-bj-1",
+        jurisdiction: "CN",
         addr: "127.0.0.1:9102",
         protocol: "http2",
         tls: false,
-        host: "b.demo.local",
     },
     DemoProvider {
-        id: "store-tls",
+        id: "de-fra-1",
+        jurisdiction: "DE",
         addr: "127.0.0.1:9103",
         protocol: "http1",
+        tls: false,
+    },
+    DemoProvider {
+        id: "de-ber-1",
+        jurisdiction: "DE",
+        addr: "127.0.0.1:9104",
+        protocol: "http1",
         tls: true,
-        host: "tls.demo.local",
+    },
+    DemoProvider {
+        id: "us-va-1",
+        jurisdiction: "US",
+        addr: "127.0.0.1:9105",
+        protocol: "http1",
+        tls: false,
+    },
+    DemoProvider {
+        id: "us-or-1",
+        jurisdiction: "US",
+        addr: "127.0.0.1:9106",
+        protocol: "http2",
+        tls: false,
     },
 ];
+
+/// EU member states, for the demo policy's `EU` group.
+const EU: &str = r#""AT", "BE", "BG", "HR", "CY", "CZ", "DK", "EE", "FI", "FR", "DE", "GR", "HU", "IE", "IT", "LV", "LT", "LU", "MT", "NL", "PL", "PT", "RO", "SK", "SI", "ES", "SE""#;
 
 /// Options for the dev deployment.
 #[derive(Debug, Clone)]
@@ -67,8 +93,7 @@ pub struct DevOptions {
 /// Runs the deployment until Ctrl-C (or SIGTERM), then stops everything.
 pub async fn run(opts: DevOptions) -> anyhow::Result<()> {
     let dir = &opts.dir;
-    std::fs::create_dir_all(dir.join("certs"))
-        .with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::create_dir_all(dir.join("certs")).with_context(|| format!("creating {}", dir.display()))?;
     let dir = dir.canonicalize()?;
     let ca = TestCa::new("Meridian dev CA")?;
     let edge_leaf = ca.issue(&["localhost", "*.demo.local", "127.0.0.1"])?;
@@ -78,7 +103,12 @@ pub async fn run(opts: DevOptions) -> anyhow::Result<()> {
     write(&dir.join("certs/edge.key"), &edge_leaf.key_pem)?;
 
     let mut providers = Vec::new();
+    // Replicas, as the storage platform would place them: CN providers hold copies
+    // of one another's objects, and so do the DE and US ones, so a GET finds what a
+    // PUT stored whichever allowed provider serves it.
+    let mut replicas: std::collections::HashMap<bool, std::sync::Arc<meridian_sim::Objects>> = Default::default();
     for p in &FLEET {
+        let objects = replicas.entry(p.jurisdiction == "CN").or_default().clone();
         let storage = if opts.disk {
             Storage::Disk(dir.join("data").join(p.id))
         } else {
@@ -89,6 +119,7 @@ pub async fn run(opts: DevOptions) -> anyhow::Result<()> {
             addr: p.addr.parse()?,
             storage,
             tls: p.tls.then(|| store_leaf.clone()),
+            objects: Some(objects),
         })
         .await
         .with_context(|| format!("starting simulated provider {} on {}", p.id, p.addr))?;
@@ -100,10 +131,7 @@ pub async fn run(opts: DevOptions) -> anyhow::Result<()> {
     let edge_bin = sibling_binary("meridian-edge")?;
     let mut edge = Proc::spawn(
         "meridian-edge",
-        Command::new(&edge_bin)
-            .arg("run")
-            .arg("--config")
-            .arg(&config),
+        Command::new(&edge_bin).arg("run").arg("--config").arg(&config),
     )?;
     let ready = tokio::select! {
         r = wait_http(EDGE_ADMIN.parse()?, "/readyz", 200, Duration::from_secs(30)) => r,
@@ -149,24 +177,28 @@ fn edge_config() -> String {
          [forwarding]\ntrusted_hops = [\"127.0.0.0/8\", \"::1\"]\n\n\
          [shutdown]\ndrain_timeout = \"5s\"\n\n\
          [tls]\ndefault_certificate = \"dev\"\n[[tls.certificates]]\nname = \"dev\"\n\
-         server_names = [\"localhost\", \"*.demo.local\"]\ncert = \"certs/edge.crt\"\nkey = \"certs/edge.key\"\n\n"
+         server_names = [\"localhost\", \"*.demo.local\"]\ncert = \"certs/edge.crt\"\nkey = \"certs/edge.key\"\n\n\
+         # Origins: tenant binding, then the residency header (loopback is trusted), then US.\n\
+         [origin]\ndefault = \"US\"\n\n\
+         [[fleet.groups]]\nname = \"EU\"\nmembers = [{EU}]\n\n\
+         # CN data stays in CN, EU data in EU member states, other data anywhere but CN.\n\
+         [fleet.policy]\nunknown_origin = \"deny\"\n\
+         [[fleet.policy.rules]]\nname = \"cn-in-cn\"\norigin = \"CN\"\nallow = [\"CN\"]\n\
+         [[fleet.policy.rules]]\nname = \"eu-in-eu\"\norigin = \"group:EU\"\nallow = [\"group:EU\"]\n\
+         [[fleet.policy.rules]]\nname = \"rest-not-cn\"\norigin = \"*\"\nallow = [\"*\"]\ndeny = [\"CN\"]\n\n\
+         [[fleet.tenants]]\nid = \"demo-cn\"\nhome = \"CN\"\nbindings = [{{ host = \"cn.demo.local\" }}]\n\
+         [[fleet.tenants]]\nid = \"demo-eu\"\nhome = \"DE\"\nbindings = [{{ host = \"eu.demo.local\" }}]\n\
+         [[fleet.tenants]]\nid = \"demo-us\"\nhome = \"US\"\nbindings = [{{ host = \"us.demo.local\" }}]\n\n"
     );
     for p in &FLEET {
         s.push_str(&format!(
-            "[[providers]]\nid = \"{}\"\nprotocol = \"{}\"\n[providers.endpoint]\naddress = \"{}\"\n",
-            p.id, p.protocol, p.addr
+            "[[fleet.providers]]\nid = \"{}\"\njurisdiction = \"{}\"\nprotocol = \"{}\"\n[fleet.providers.endpoint]\naddress = \"{}\"\n",
+            p.id, p.jurisdiction, p.protocol, p.addr
         ));
         if p.tls {
             s.push_str("scheme = \"https\"\nsni = \"store.demo.local\"\n");
         }
         s.push('\n');
-    }
-    s.push_str("[routing]\ndefault_provider = \"store-a\"\n");
-    for p in &FLEET {
-        s.push_str(&format!(
-            "[[routing.hosts]]\nhost = \"{}\"\nprovider = \"{}\"\n",
-            p.host, p.id
-        ));
     }
     s
 }
@@ -177,16 +209,18 @@ fn print_banner(dir: &Path) {
     println!(
         "\nMeridian dev deployment is up.\n\n\
          edge      http://{EDGE_HTTP}   https://{EDGE_HTTPS}   admin http://{EDGE_ADMIN}\n\
-         providers store-a 127.0.0.1:9101 (HTTP/1.1)   store-b 127.0.0.1:9102 (HTTP/2)   store-tls 127.0.0.1:9103 (TLS)\n\
+         providers cn-sh-1 :9101, cn-bj-1 :9102 (HTTP/2) in CN; de-fra-1 :9103, de-ber-1 :9104 (TLS) in DE;\n\
+         \x20         us-va-1 :9105, us-or-1 :9106 (HTTP/2) in US\n\
+         tenants   cn.demo.local -> CN, eu.demo.local -> DE, us.demo.local -> US; policy: CN data stays in CN,\n\
+         \x20         EU data in the EU, other data anywhere but CN\n\
          config    {}\n\n\
-         Try:\n\
-         \x20 curl -si http://{EDGE_ADMIN}/readyz\n\
-         \x20 curl -si -X PUT --data-binary 'hello, meridian' http://{EDGE_HTTP}/bucket/hello.txt\n\
-         \x20 curl -si http://{EDGE_HTTP}/bucket/hello.txt\n\
-         \x20 curl -si -H 'Range: bytes=0-4' http://{EDGE_HTTP}/bucket/hello.txt\n\
-         \x20 curl -si -H 'Host: b.demo.local' http://{EDGE_HTTP}/_sim/echo        # routed to store-b over HTTP/2\n\
-         \x20 curl -si --http2 --cacert {ca} --resolve tls.demo.local:8443:127.0.0.1 https://tls.demo.local:8443/_sim/echo\n\
-         \x20 head -c 100M /dev/urandom > /tmp/big && curl -s -T /tmp/big http://{EDGE_HTTP}/bucket/big && curl -s http://{EDGE_HTTP}/bucket/big | cmp - /tmp/big && echo intact\n\n\
+         Try (x-meridian-explain: 1 shows the routing decision; loopback is a trusted hop):\n\
+         \x20 curl -si -H 'Host: cn.demo.local' -H 'x-meridian-explain: 1' -X PUT --data-binary 'hello' http://{EDGE_HTTP}/bucket/hello.txt\n\
+         \x20 curl -si -H 'Host: cn.demo.local' -H 'x-meridian-explain: 1' http://{EDGE_HTTP}/bucket/hello.txt\n\
+         \x20 curl -si -H 'Host: eu.demo.local' -H 'x-meridian-explain: 1' http://{EDGE_HTTP}/_sim/echo\n\
+         \x20 curl -si -H 'x-meridian-residency: FR' -H 'x-meridian-explain: 1' http://{EDGE_HTTP}/_sim/echo\n\
+         \x20 curl -si --http2 --cacert {ca} --resolve us.demo.local:8443:127.0.0.1 -H 'x-meridian-explain: 1' https://us.demo.local:8443/_sim/echo\n\
+         \x20 curl -si http://{EDGE_ADMIN}/readyz\n\n\
          Every response names the provider that served it in x-sim-provider. Ctrl-C stops everything.",
         dir.join("edge.toml").display()
     );
@@ -203,10 +237,9 @@ mod tests {
         for f in ["ca.crt", "edge.crt", "edge.key"] {
             std::fs::write(dir.path().join("certs").join(f), "x").unwrap();
         }
-        let cfg =
-            meridian_edge::EdgeConfig::parse(&edge_config(), "edge.toml", dir.path()).unwrap();
-        assert_eq!(cfg.providers.len(), 3);
-        assert_eq!(cfg.routing.hosts.len(), 3);
+        let cfg = meridian_edge::EdgeConfig::parse(&edge_config(), "edge.toml", dir.path()).unwrap();
+        assert_eq!(cfg.fleet.providers.len(), 6);
+        assert_eq!(cfg.fleet.tenants.len(), 3);
         assert_eq!(cfg.listeners.http, Some(EDGE_HTTP.parse().unwrap()));
     }
 }

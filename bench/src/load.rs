@@ -62,9 +62,9 @@ pub async fn fixed_rate(spec: &LoadSpec) -> anyhow::Result<LoadResult> {
     let mut tasks = Vec::with_capacity(spec.connections);
     for k in 0..spec.connections as u64 {
         let spec = spec.clone();
-        tasks.push(tokio::spawn(async move {
-            worker(spec, k, total, start, interval).await
-        }));
+        tasks.push(tokio::spawn(
+            async move { worker(spec, k, total, start, interval).await },
+        ));
     }
     let mut result = LoadResult {
         ok: 0,

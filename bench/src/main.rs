@@ -87,10 +87,7 @@ fn main() -> ExitCode {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: {e}");
@@ -152,6 +149,7 @@ fn main() -> ExitCode {
                     addr,
                     storage,
                     tls: None,
+                    objects: None,
                 })
                 .await?;
                 tokio::signal::ctrl_c().await?;

@@ -98,11 +98,7 @@ fn cpu_of(pid: u32) -> f64 {
     };
     let f: Vec<&str> = rest.split_whitespace().collect();
     // utime and stime are fields 14 and 15; `rest` starts at field 3.
-    let ticks = |i: usize| {
-        f.get(i - 3)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
+    let ticks = |i: usize| f.get(i - 3).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
     (ticks(14) + ticks(15)) / clock_ticks()
 }
 
@@ -127,12 +123,7 @@ fn children_of(pid: u32) -> Vec<u32> {
 }
 
 /// Polls `GET http://addr{path}` until it answers `want`, at most `limit`.
-pub async fn wait_http(
-    addr: SocketAddr,
-    path: &str,
-    want: u16,
-    limit: Duration,
-) -> anyhow::Result<()> {
+pub async fn wait_http(addr: SocketAddr, path: &str, want: u16, limit: Duration) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + limit;
     loop {
         if let Ok(status) = status_of(addr, path).await {
@@ -148,9 +139,7 @@ pub async fn wait_http(
 }
 
 /// An HTTP/1.1 client connection to `addr` (TCP_NODELAY), driven by a spawned task.
-pub async fn h1_client<B>(
-    addr: SocketAddr,
-) -> anyhow::Result<hyper::client::conn::http1::SendRequest<B>>
+pub async fn h1_client<B>(addr: SocketAddr) -> anyhow::Result<hyper::client::conn::http1::SendRequest<B>>
 where
     B: http_body::Body + Send + 'static,
     B::Data: Send,
@@ -158,8 +147,7 @@ where
 {
     let tcp = tokio::net::TcpStream::connect(addr).await?;
     tcp.set_nodelay(true)?;
-    let (send, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await?;
+    let (send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await?;
     tokio::spawn(conn);
     Ok(send)
 }

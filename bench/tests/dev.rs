@@ -1,9 +1,9 @@
 //! The README's start command: `meridian-bench dev` brings up a working deployment on
-//! the documented addresses and stops cleanly on Ctrl-C.
+//! the documented addresses, routes by residency, and stops cleanly on Ctrl-C.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill};
@@ -18,56 +18,112 @@ fn curl(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Stops the deployment even when an assertion fails, so no process outlives the test.
+struct Deployment(Child);
+
+impl Drop for Deployment {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = kill(Pid::from_raw(self.0.id() as i32), Signal::SIGINT);
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            while matches!(self.0.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+fn header<'a>(response: &'a str, name: &str) -> Option<&'a str> {
+    response.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
 #[test]
 fn dev_deployment_serves_on_the_documented_addresses_and_stops_on_ctrl_c() {
+    assert!(
+        std::net::TcpStream::connect("127.0.0.1:9901").is_err(),
+        "something already listens on the dev admin port"
+    );
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_meridian-bench"))
-        .args(["dev", "--dir"])
-        .arg(dir.path())
-        .stdout(Stdio::piped())
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut dev = Deployment(
+        Command::new(env!("CARGO_BIN_EXE_meridian-bench"))
+            .args(["dev", "--dir"])
+            .arg(dir.path())
+            .stdout(Stdio::piped())
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while curl(&["http://127.0.0.1:9901/readyz"]) != "ready\n" {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "dev deployment not ready"
-        );
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "dev deployment exited early"
-        );
+        assert!(std::time::Instant::now() < deadline, "dev deployment not ready");
+        assert!(dev.0.try_wait().unwrap().is_none(), "dev deployment exited early");
         std::thread::sleep(Duration::from_millis(100));
     }
 
-    let put = curl(&[
-        "-X",
-        "PUT",
-        "--data-binary",
-        "hello, meridian",
-        "http://127.0.0.1:8080/bucket/hello.txt",
-    ]);
-    assert_eq!(put, "stored\n");
-    assert_eq!(
-        curl(&["http://127.0.0.1:8080/bucket/hello.txt"]),
-        "hello, meridian"
+    // A CN tenant's object is stored in and served from CN only.
+    let cn = ["-H", "Host: cn.demo.local", "-H", "x-meridian-explain: 1"];
+    let put = curl(
+        &[
+            &cn[..],
+            &[
+                "-i",
+                "-X",
+                "PUT",
+                "--data-binary",
+                "hello, meridian",
+                "http://127.0.0.1:8080/bucket/hello.txt",
+            ],
+        ]
+        .concat(),
     );
-    assert_eq!(
-        curl(&[
-            "-H",
-            "Range: bytes=7-14",
-            "http://127.0.0.1:8080/bucket/hello.txt"
-        ]),
-        "meridian"
+    assert!(put.starts_with("HTTP/1.1 200"), "{put}");
+    let route = header(&put, "x-meridian-route").unwrap();
+    assert!(
+        route.starts_with("origin=CN; source=tenant; provider=cn-") && route.contains("jurisdiction=CN; candidates=2"),
+        "{route}"
     );
-    let b = curl(&[
+    let get = curl(&[&cn[..], &["-i", "http://127.0.0.1:8080/bucket/hello.txt"]].concat());
+    assert!(
+        get.ends_with("hello, meridian") && header(&get, "x-sim-provider").unwrap().starts_with("cn-"),
+        "{get}"
+    );
+    let range = curl(
+        &[
+            &cn[..],
+            &["-H", "Range: bytes=7-14", "http://127.0.0.1:8080/bucket/hello.txt"],
+        ]
+        .concat(),
+    );
+    assert_eq!(range, "meridian");
+
+    // EU data stays in the EU; other data goes anywhere but CN.
+    for _ in 0..10 {
+        let eu = curl(&["-i", "-H", "Host: eu.demo.local", "http://127.0.0.1:8080/_sim/echo"]);
+        assert!(header(&eu, "x-sim-provider").unwrap().starts_with("de-"), "{eu}");
+        let us = curl(&["-i", "-H", "Host: us.demo.local", "http://127.0.0.1:8080/_sim/echo"]);
+        assert!(!header(&us, "x-sim-provider").unwrap().starts_with("cn-"), "{us}");
+    }
+    // Loopback is a trusted hop, so the residency header counts.
+    let fr = curl(&[
         "-i",
         "-H",
-        "Host: b.demo.local",
+        "x-meridian-residency: FR",
+        "-H",
+        "x-meridian-explain: 1",
         "http://127.0.0.1:8080/_sim/echo",
     ]);
-    assert!(b.contains("x-sim-provider: store-b"), "{b}");
+    assert!(
+        header(&fr, "x-meridian-route")
+            .unwrap()
+            .starts_with("origin=FR; source=header"),
+        "{fr}"
+    );
+
     let ca = dir.path().join("certs/ca.crt");
     let tls = curl(&[
         "-i",
@@ -75,33 +131,24 @@ fn dev_deployment_serves_on_the_documented_addresses_and_stops_on_ctrl_c() {
         "--cacert",
         ca.to_str().unwrap(),
         "--resolve",
-        "tls.demo.local:8443:127.0.0.1",
-        "https://tls.demo.local:8443/_sim/echo",
+        "us.demo.local:8443:127.0.0.1",
+        "https://us.demo.local:8443/_sim/echo",
     ]);
-    assert!(
-        tls.starts_with("HTTP/2 200") && tls.contains("x-sim-provider: store-tls"),
-        "{tls}"
-    );
+    assert!(tls.starts_with("HTTP/2 200"), "{tls}");
 
-    kill(Pid::from_raw(child.id() as i32), Signal::SIGINT).unwrap();
+    kill(Pid::from_raw(dev.0.id() as i32), Signal::SIGINT).unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
+        if let Some(s) = dev.0.try_wait().unwrap() {
             break s;
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "dev deployment did not stop"
-        );
+        assert!(std::time::Instant::now() < deadline, "dev deployment did not stop");
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(status.success(), "{status}");
     let mut banner = String::new();
-    std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut banner).unwrap();
-    assert!(
-        banner.contains("curl") && banner.contains("127.0.0.1:8080"),
-        "{banner}"
-    );
+    std::io::Read::read_to_string(dev.0.stdout.as_mut().unwrap(), &mut banner).unwrap();
+    assert!(banner.contains("curl") && banner.contains("127.0.0.1:8080"), "{banner}");
     assert!(
         std::net::TcpStream::connect("127.0.0.1:8080").is_err(),
         "edge still listening after stop"

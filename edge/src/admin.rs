@@ -26,9 +26,7 @@ pub async fn serve(socket: TcpListener, drain: watch::Receiver<bool>) {
                 let draining = *drain.borrow();
                 async move { Ok::<_, Infallible>(answer(req.method(), req.uri().path(), draining)) }
             });
-            let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(tcp), svc)
-                .await;
+            let _ = http1::Builder::new().serve_connection(TokioIo::new(tcp), svc).await;
         });
     }
 }
@@ -36,9 +34,7 @@ pub async fn serve(socket: TcpListener, drain: watch::Receiver<bool>) {
 fn answer(method: &Method, path: &str, draining: bool) -> Response<Full<Bytes>> {
     let (status, body) = match (method, path) {
         (&Method::GET | &Method::HEAD, "/healthz") => (StatusCode::OK, "ok\n"),
-        (&Method::GET | &Method::HEAD, "/readyz") if draining => {
-            (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
-        }
+        (&Method::GET | &Method::HEAD, "/readyz") if draining => (StatusCode::SERVICE_UNAVAILABLE, "draining\n"),
         (&Method::GET | &Method::HEAD, "/readyz") => (StatusCode::OK, "ready\n"),
         _ => (StatusCode::NOT_FOUND, "not found\n"),
     };

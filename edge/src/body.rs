@@ -19,6 +19,8 @@ use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 
 use crate::conn::InflightGuard;
+use crate::route::Target;
+use crate::upstream::UpstreamBody;
 
 /// Boxed error carried by bodies.
 pub type BoxError = Box<dyn StdError + Send + Sync>;
@@ -75,10 +77,7 @@ where
     type Data = Bytes;
     type Error = BodyError;
 
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.project();
         match this.inner.poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
@@ -94,8 +93,7 @@ where
                     Some(sleep) => sleep,
                     None => {
                         *this.deadline = Instant::now() + *this.idle;
-                        this.sleep
-                            .insert(Box::pin(tokio::time::sleep_until(*this.deadline)))
+                        this.sleep.insert(Box::pin(tokio::time::sleep_until(*this.deadline)))
                     }
                 };
                 loop {
@@ -130,8 +128,9 @@ pin_project! {
         /// Streamed from a provider.
         Upstream {
             #[pin]
-            body: TimedBody<crate::upstream::UpstreamBody>,
+            body: TimedBody<UpstreamBody>,
             guard: Option<InflightGuard>,
+            meter: Meter,
         },
         /// Written by the edge.
         Local {
@@ -142,7 +141,48 @@ pin_project! {
     }
 }
 
+/// Measures a provider's response body for the selector, and holds the provider's
+/// in-flight mark until the body is done.
+#[derive(Debug)]
+pub struct Meter {
+    target: Target,
+    started: Instant,
+    bytes: u64,
+}
+
+/// Responses smaller than this say more about latency than about bandwidth.
+const MIN_THROUGHPUT_SAMPLE: u64 = 256 * 1024;
+
+impl Meter {
+    fn data(&mut self, n: usize) {
+        self.bytes += n as u64;
+    }
+
+    fn end(&mut self) {
+        if self.bytes >= MIN_THROUGHPUT_SAMPLE {
+            let now = Instant::now();
+            self.target
+                .stats()
+                .observe_transfer(self.bytes, now.saturating_duration_since(self.started), now);
+        }
+    }
+}
+
 impl ResponseBody {
+    /// A provider's body, measured, holding the connection's and the provider's
+    /// in-flight marks.
+    pub fn upstream(body: TimedBody<UpstreamBody>, guard: InflightGuard, target: Target) -> Self {
+        ResponseBody::Upstream {
+            body,
+            guard: Some(guard),
+            meter: Meter {
+                target,
+                started: Instant::now(),
+                bytes: 0,
+            },
+        }
+    }
+
     /// A body the edge writes itself.
     pub fn local(bytes: impl Into<Bytes>, guard: Option<InflightGuard>) -> Self {
         ResponseBody::Local {
@@ -156,15 +196,22 @@ impl Body for ResponseBody {
     type Data = Bytes;
     type Error = BodyError;
 
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.project() {
-            ResponseBodyProj::Upstream { body, .. } => body.poll_frame(cx),
-            ResponseBodyProj::Local { body, .. } => {
-                body.poll_frame(cx).map_err(|never| match never {})
+            ResponseBodyProj::Upstream { body, meter, .. } => {
+                let frame = body.poll_frame(cx);
+                match &frame {
+                    Poll::Ready(Some(Ok(f))) => {
+                        if let Some(d) = f.data_ref() {
+                            meter.data(d.len());
+                        }
+                    }
+                    Poll::Ready(None) => meter.end(),
+                    _ => {}
+                }
+                frame
             }
+            ResponseBodyProj::Local { body, .. } => body.poll_frame(cx).map_err(|never| match never {}),
         }
     }
 
@@ -191,18 +238,9 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn stalled_body_fails_instead_of_ending() {
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(1);
-        let stream =
-            futures_util::stream::unfold(
-                rx,
-                |mut rx| async move { rx.recv().await.map(|x| (x, rx)) },
-            );
-        let mut body = std::pin::pin!(TimedBody::new(
-            StreamBody::new(stream),
-            Duration::from_secs(5)
-        ));
-        tx.send(Ok(Frame::data(Bytes::from_static(b"abc"))))
-            .await
-            .unwrap();
+        let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) });
+        let mut body = std::pin::pin!(TimedBody::new(StreamBody::new(stream), Duration::from_secs(5)));
+        tx.send(Ok(Frame::data(Bytes::from_static(b"abc")))).await.unwrap();
         let f = body.frame().await.unwrap().unwrap();
         assert_eq!(f.into_data().unwrap(), "abc");
         // Nothing more arrives, and the sender stays open: the body must error.
@@ -214,21 +252,12 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn steady_frames_keep_the_body_alive() {
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(1);
-        let stream =
-            futures_util::stream::unfold(
-                rx,
-                |mut rx| async move { rx.recv().await.map(|x| (x, rx)) },
-            );
-        let mut body = std::pin::pin!(TimedBody::new(
-            StreamBody::new(stream),
-            Duration::from_secs(5)
-        ));
+        let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) });
+        let mut body = std::pin::pin!(TimedBody::new(StreamBody::new(stream), Duration::from_secs(5)));
         let sender = tokio::spawn(async move {
             for _ in 0..10 {
                 tokio::time::sleep(Duration::from_secs(3)).await;
-                tx.send(Ok(Frame::data(Bytes::from_static(b"x"))))
-                    .await
-                    .unwrap();
+                tx.send(Ok(Frame::data(Bytes::from_static(b"x")))).await.unwrap();
             }
         });
         let mut n = 0;

@@ -13,7 +13,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use ipnet::IpNet;
-use meridian_proto::{ProviderId, ProviderSpec, ProviderState, Scheme};
+use meridian_proto::{Fleet, Jurisdiction};
 use serde::{Deserialize, Deserializer};
 use toml::Spanned;
 
@@ -117,8 +117,24 @@ struct RawConfig {
     #[serde(default)]
     runtime: RuntimeConfig,
     #[serde(default)]
-    providers: Vec<Spanned<ProviderSpec>>,
-    routing: RawRouting,
+    origin: OriginConfig,
+    #[serde(default)]
+    log: LogConfig,
+    fleet: Fleet,
+}
+
+/// Logging choices that belong to the config rather than the command line.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// One line per request with the routing decision (target `meridian::access`).
+    pub access: bool,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { access: true }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -156,19 +172,72 @@ struct RawForwarding {
     via: Option<Spanned<String>>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRouting {
-    default_provider: Spanned<ProviderId>,
-    #[serde(default)]
-    hosts: Vec<RawHostRoute>,
+/// Where a request's origin may come from, in the order they are consulted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OriginSource {
+    /// The tenant binding of the request's host and path.
+    Tenant,
+    /// The residency header, honoured only from trusted hops.
+    Header,
+    /// The CIDR table, by client address.
+    Cidr,
+    /// The configured default.
+    Default,
 }
 
-#[derive(Debug, Deserialize)]
+impl OriginSource {
+    /// The name used in configs, logs and explanations.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OriginSource::Tenant => "tenant",
+            OriginSource::Header => "header",
+            OriginSource::Cidr => "cidr",
+            OriginSource::Default => "default",
+        }
+    }
+}
+
+/// One CIDR-table entry.
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawHostRoute {
-    host: Spanned<String>,
-    provider: Spanned<ProviderId>,
+pub struct CidrEntry {
+    /// Client addresses.
+    pub cidr: Cidr,
+    /// Their jurisdiction.
+    pub jurisdiction: Jurisdiction,
+}
+
+/// How the edge decides which jurisdiction governs a request's data.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OriginConfig {
+    /// Sources in the order they are consulted; the first that knows wins.
+    pub order: Vec<OriginSource>,
+    /// Residency header name; honoured only from `forwarding.trusted_hops` and always
+    /// removed before forwarding.
+    pub header: String,
+    /// Client address ranges and their jurisdictions (most specific match wins).
+    pub cidrs: Vec<CidrEntry>,
+    /// Jurisdiction used when no other source knows; without it the origin is
+    /// unknown and `fleet.policy.unknown_origin` decides.
+    pub default: Option<Jurisdiction>,
+}
+
+impl Default for OriginConfig {
+    fn default() -> Self {
+        OriginConfig {
+            order: vec![
+                OriginSource::Tenant,
+                OriginSource::Header,
+                OriginSource::Cidr,
+                OriginSource::Default,
+            ],
+            header: "x-meridian-residency".into(),
+            cidrs: Vec::new(),
+            default: None,
+        }
+    }
 }
 
 /// Limits that protect the edge from its clients.
@@ -331,16 +400,6 @@ pub fn canonical_ip(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// Static routing until the residency policy engine owns the decision: a request's
-/// `Host` picks a provider, anything else goes to the default.
-#[derive(Clone, Debug)]
-pub struct Routing {
-    /// Provider for hosts not listed.
-    pub default_provider: ProviderId,
-    /// `(lower-case host, provider)`.
-    pub hosts: Vec<(String, ProviderId)>,
-}
-
 /// A checked configuration, every path resolved against the file's directory.
 #[derive(Clone, Debug)]
 pub struct EdgeConfig {
@@ -358,10 +417,12 @@ pub struct EdgeConfig {
     pub shutdown: ShutdownConfig,
     /// Worker threads.
     pub runtime: RuntimeConfig,
-    /// Providers, in file order.
-    pub providers: Vec<ProviderSpec>,
-    /// Host to provider.
-    pub routing: Routing,
+    /// Origin resolution.
+    pub origin: OriginConfig,
+    /// Logging.
+    pub log: LogConfig,
+    /// Providers, policy and tenants: the model the control plane will push.
+    pub fleet: Fleet,
 }
 
 impl EdgeConfig {
@@ -384,8 +445,7 @@ impl EdgeConfig {
             message,
         };
 
-        let de =
-            toml::Deserializer::parse(src).map_err(|e| at(e.span(), "", e.message().into()))?;
+        let de = toml::Deserializer::parse(src).map_err(|e| at(e.span(), "", e.message().into()))?;
         let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
             let key = e.path().to_string();
             let inner = e.into_inner();
@@ -395,75 +455,27 @@ impl EdgeConfig {
         let limits = raw.limits;
         check_limits(&limits).map_err(|(key, msg)| at(None, &format!("limits.{key}"), msg))?;
 
-        let mut ids = HashSet::new();
-        let mut providers = Vec::with_capacity(raw.providers.len());
-        for (i, p) in raw.providers.into_iter().enumerate() {
-            let span = p.span();
-            let p = p.into_inner();
-            let key = |k: &str| format!("providers[{i}].{k}");
-            if p.id.as_str().is_empty() {
-                return Err(at(Some(span), &key("id"), "must not be empty".into()));
-            }
-            if !ids.insert(p.id.clone()) {
-                return Err(at(
-                    Some(span),
-                    &key("id"),
-                    format!("duplicate provider id `{}`", p.id),
-                ));
-            }
-            if !p.endpoint.address.contains(':') || p.endpoint.host_part().is_empty() {
-                return Err(at(
-                    Some(span),
-                    &key("endpoint.address"),
-                    format!("`{}` is not host:port", p.endpoint.address),
-                ));
-            }
-            if p.max_connections == 0 {
-                return Err(at(
-                    Some(span),
-                    &key("max_connections"),
-                    "must be at least 1".into(),
-                ));
-            }
-            if p.endpoint.scheme == Scheme::Http && p.endpoint.sni.is_some() {
-                return Err(at(
-                    Some(span),
-                    &key("endpoint.sni"),
-                    "only meaningful with scheme = \"https\"".into(),
-                ));
-            }
-            providers.push(p);
+        if let Err(e) = raw.fleet.validate() {
+            let key = format!("fleet.{}", e.path);
+            return Err(ConfigError::Invalid {
+                file: file.to_owned(),
+                line: line_of_path(src, &key).unwrap_or(0),
+                key,
+                message: e.message,
+            });
         }
-
-        let known = |id: &Spanned<ProviderId>, key: &str| match providers
-            .iter()
-            .find(|p| &p.id == id.get_ref())
-        {
-            None => Err(at(
-                Some(id.span()),
-                key,
-                format!("unknown provider `{}`", id.get_ref()),
-            )),
-            Some(p) if p.state == ProviderState::Disabled => Err(at(
-                Some(id.span()),
-                key,
-                format!("provider `{}` is disabled", id.get_ref()),
-            )),
-            Some(_) => Ok(id.get_ref().clone()),
-        };
-        let default_provider = known(&raw.routing.default_provider, "routing.default_provider")?;
-        let mut hosts = Vec::with_capacity(raw.routing.hosts.len());
-        for (i, r) in raw.routing.hosts.iter().enumerate() {
-            let provider = known(&r.provider, &format!("routing.hosts[{i}].provider"))?;
-            let host = r.host.get_ref().to_ascii_lowercase();
-            if hosts.iter().any(|(h, _)| *h == host) {
-                return Err(at(
-                    Some(r.host.span()),
-                    &format!("routing.hosts[{i}].host"),
-                    format!("host `{host}` is routed twice"),
-                ));
-            }
-            hosts.push((host, provider));
+        let origin = raw.origin;
+        if http::HeaderName::from_bytes(origin.header.as_bytes()).is_err() {
+            return Err(at(
+                None,
+                "origin.header",
+                format!("`{}` is not a valid header name", origin.header),
+            )
+            .with_line(src));
+        }
+        let mut seen = HashSet::new();
+        if let Some(dup) = origin.order.iter().find(|s| !seen.insert(**s)) {
+            return Err(at(None, "origin.order", format!("`{}` is listed twice", dup.as_str())).with_line(src));
         }
 
         let mut tls = TlsConfig::default();
@@ -485,14 +497,11 @@ impl EdgeConfig {
                     ));
                 }
                 for name in c.server_names.get_ref() {
-                    if name.is_empty() || name[name.starts_with("*.") as usize * 2..].contains('*')
-                    {
+                    if name.is_empty() || name[name.starts_with("*.") as usize * 2..].contains('*') {
                         return Err(at(
                             Some(c.server_names.span()),
                             &key("server_names"),
-                            format!(
-                                "`{name}`: only exact names and a leading `*.` wildcard are allowed"
-                            ),
+                            format!("`{name}`: only exact names and a leading `*.` wildcard are allowed"),
                         ));
                     }
                 }
@@ -519,10 +528,7 @@ impl EdgeConfig {
                 });
             }
             if let Some(name) = raw_tls.default_certificate {
-                let idx = tls
-                    .certificates
-                    .iter()
-                    .position(|c| c.name == *name.get_ref());
+                let idx = tls.certificates.iter().position(|c| c.name == *name.get_ref());
                 match idx {
                     Some(i) => tls.default_certificate = Some(i),
                     None => {
@@ -553,9 +559,7 @@ impl EdgeConfig {
         }
 
         let via = match raw.forwarding.via {
-            Some(v)
-                if v.get_ref().is_empty() || !v.get_ref().bytes().all(|b| b.is_ascii_graphic()) =>
-            {
+            Some(v) if v.get_ref().is_empty() || !v.get_ref().bytes().all(|b| b.is_ascii_graphic()) => {
                 return Err(at(
                     Some(v.span()),
                     "forwarding.via",
@@ -579,21 +583,14 @@ impl EdgeConfig {
             limits,
             upstream,
             forwarding: Forwarding {
-                trusted_hops: raw
-                    .forwarding
-                    .trusted_hops
-                    .into_iter()
-                    .map(|c| c.0)
-                    .collect(),
+                trusted_hops: raw.forwarding.trusted_hops.into_iter().map(|c| c.0).collect(),
                 via,
             },
             shutdown: raw.shutdown,
             runtime: raw.runtime,
-            providers,
-            routing: Routing {
-                default_provider,
-                hosts,
-            },
+            origin,
+            log: raw.log,
+            fleet: raw.fleet,
         })
     }
 }
@@ -624,6 +621,51 @@ fn check_limits(l: &Limits) -> Result<(), (&'static str, String)> {
         }
     }
     Ok(())
+}
+
+impl ConfigError {
+    /// Fills in the line of the key from the source when it is not known yet.
+    fn with_line(mut self, src: &str) -> Self {
+        if let ConfigError::Invalid { line, key, .. } = &mut self {
+            if *line == 0 {
+                *line = line_of_path(src, key).unwrap_or(0);
+            }
+        }
+        self
+    }
+}
+
+/// The line of a dotted key path such as `fleet.policy.rules[2].allow[0]`, found by
+/// walking the document's spans.
+fn line_of_path(src: &str, path: &str) -> Option<usize> {
+    use toml::de::{DeTable, DeValue};
+    let doc = DeTable::parse(src).ok()?;
+    let mut span = doc.span();
+    let mut table: Option<&DeTable<'_>> = Some(doc.get_ref());
+    let mut value: Option<&toml::Spanned<DeValue<'_>>>;
+    for seg in path.split('.') {
+        let (name, indices) = match seg.find('[') {
+            Some(i) => (&seg[..i], &seg[i..]),
+            None => (seg, ""),
+        };
+        let v = table?.get(name)?;
+        span = v.span();
+        value = Some(v);
+        for idx in indices.split(['[', ']']).filter(|x| !x.is_empty()) {
+            let i: usize = idx.parse().ok()?;
+            let DeValue::Array(items) = value?.get_ref() else {
+                return None;
+            };
+            let item = items.get(i)?;
+            span = item.span();
+            value = Some(item);
+        }
+        table = match value?.get_ref() {
+            DeValue::Table(t) => Some(t),
+            _ => None,
+        };
+    }
+    Some(line_of(src, span.start))
 }
 
 fn line_of(src: &str, offset: usize) -> usize {

@@ -114,9 +114,7 @@ impl Drop for InflightGuard {
     fn drop(&mut self) {
         let state = &self.0;
         if state.inflight.fetch_sub(1, Ordering::Relaxed) == 1 {
-            state
-                .idle_since
-                .store(state.millis(Instant::now()), Ordering::Relaxed);
+            state.idle_since.store(state.millis(Instant::now()), Ordering::Relaxed);
         }
     }
 }
@@ -141,10 +139,7 @@ mod tests {
         let t0 = Instant::now();
         let s = ConnState::new(t0, false);
         let g = s.begin_request();
-        assert!(matches!(
-            s.check(t0 + IDLE * 2, HEAD, IDLE),
-            Check::Until(_)
-        ));
+        assert!(matches!(s.check(t0 + IDLE * 2, HEAD, IDLE), Check::Until(_)));
         tokio::time::advance(IDLE * 2).await;
         drop(g);
         let t1 = Instant::now();

@@ -95,8 +95,7 @@ impl Ledger {
     fn pending(&self) -> bool {
         let asked = self.asked.load(Ordering::Acquire);
         asked < self.accepted.load(Ordering::Acquire)
-            || (asked == self.accepted.load(Ordering::Acquire)
-                && self.refused.load(Ordering::Acquire) != 0)
+            || (asked == self.accepted.load(Ordering::Acquire) && self.refused.load(Ordering::Acquire) != 0)
     }
 }
 
@@ -330,10 +329,7 @@ fn judge(req: &httparse::Request<'_, '_>) -> Result<BodyLen, FramingError> {
 }
 
 fn trim(v: &[u8]) -> &[u8] {
-    let start = v
-        .iter()
-        .position(|b| !matches!(b, b' ' | b'\t'))
-        .unwrap_or(v.len());
+    let start = v.iter().position(|b| !matches!(b, b' ' | b'\t')).unwrap_or(v.len());
     let end = v
         .iter()
         .rposition(|b| !matches!(b, b' ' | b'\t'))
@@ -401,30 +397,19 @@ pub struct Guarded<S> {
 impl<S> Guarded<S> {
     /// Watches `inner` on behalf of the connection `conn`.
     pub fn new(inner: S, scanner: Scanner, conn: Arc<ConnState>) -> Self {
-        Guarded {
-            inner,
-            scanner,
-            conn,
-        }
+        Guarded { inner, scanner, conn }
     }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Guarded<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let this = &mut *self;
         let res = Pin::new(&mut this.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = res {
             if this.scanner.watching() {
-                let completed = this
-                    .scanner
-                    .feed(&buf.filled()[before..], &this.conn.ledger);
-                this.conn
-                    .observe_head(completed > 0, this.scanner.mid_head());
+                let completed = this.scanner.feed(&buf.filled()[before..], &this.conn.ledger);
+                this.conn.observe_head(completed > 0, this.scanner.mid_head());
             }
         }
         res
@@ -432,11 +417,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Guarded<S> {
 }
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, data)
     }
 

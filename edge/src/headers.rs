@@ -40,9 +40,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> bool {
     let mut trailers = false;
     for te in headers.get_all(header::TE) {
         if let Ok(v) = te.to_str() {
-            trailers |= v
-                .split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
+            trailers |= v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers"));
         }
     }
     if headers.contains_key(header::CONNECTION) {
@@ -86,10 +84,7 @@ pub fn set_forwarding(headers: &mut HeaderMap, hop: Hop) {
     append_or_replace(headers, &X_FORWARDED_FOR, &buf[..n], hop.trusted);
 
     if !(hop.trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
-        headers.insert(
-            X_FORWARDED_PROTO.clone(),
-            HeaderValue::from_static(hop.proto),
-        );
+        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(hop.proto));
     }
 
     // RFC 7239: IPv6 addresses are bracketed and the node quoted.

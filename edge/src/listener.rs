@@ -120,20 +120,17 @@ impl Listener {
         let Some(acceptor) = &self.tls else {
             return self.serve_h1(tcp, peer, proto).await;
         };
-        let tls =
-            match tokio::time::timeout(self.limits.tls_handshake_timeout.0, acceptor.accept(tcp))
-                .await
-            {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "TLS handshake timed out");
-                    return;
-                }
-            };
+        let tls = match tokio::time::timeout(self.limits.tls_handshake_timeout.0, acceptor.accept(tcp)).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "TLS handshake timed out");
+                return;
+            }
+        };
         if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
             self.serve_h2(tls, peer, proto).await
         } else {
@@ -146,10 +143,7 @@ impl Listener {
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let state = ConnState::new(Instant::now(), true);
-        let scanner = Scanner::new(
-            self.limits.max_header_bytes as usize,
-            self.limits.max_headers as usize,
-        );
+        let scanner = Scanner::new(self.limits.max_header_bytes as usize, self.limits.max_headers as usize);
         let io = TokioIo::new(Guarded::new(io, scanner, state.clone()));
         let info = Arc::new(ConnInfo {
             peer,

@@ -60,10 +60,7 @@ fn main() -> ExitCode {
         },
         Command::Run { config, log_format } => {
             init_logging(log_format);
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
+            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("error: cannot start runtime: {e}");

@@ -12,9 +12,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http::header::{self, HeaderValue};
+use http::header::{self, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Uri};
 use http::{Method, Request, Response, Version};
 use http_body::Body;
@@ -25,15 +27,18 @@ use crate::body::{BoxError, ProxyBody, ResponseBody, TimedBody};
 use crate::config::{Forwarding, canonical_ip};
 use crate::conn::ConnState;
 use crate::headers::{self, Hop, ViaValues};
+use crate::origin::{Origin, RequestFacts};
 use crate::respond::Refusal;
-use crate::route::Router;
-use crate::upstream;
+use crate::route::{RouteError, Routing, Target};
+use crate::upstream::{self, UpstreamBody, UpstreamError};
 
 /// Everything a request needs from the configuration, swapped as one unit.
 #[derive(Debug)]
 pub struct Snapshot {
-    /// Host to provider.
-    pub router: Router,
+    /// Origin, policy and providers.
+    pub routing: Routing,
+    /// Whether to write an access-log line per request.
+    pub access_log: bool,
     /// Trusted hops and `Via` name.
     pub forwarding: Forwarding,
     /// `Via` elements, built once.
@@ -82,11 +87,7 @@ impl Proxy {
     }
 
     /// Handles one request. Never fails: every failure becomes an answer.
-    pub async fn handle<B>(
-        &self,
-        req: Request<B>,
-        conn: &ConnInfo,
-    ) -> Result<Response<ResponseBody>, Infallible>
+    pub async fn handle<B>(&self, req: Request<B>, conn: &ConnInfo) -> Result<Response<ResponseBody>, Infallible>
     where
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
@@ -102,36 +103,97 @@ impl Proxy {
         // One snapshot per request, held as an Arc: the request may wait on a
         // provider for a while, longer than an arc-swap guard should be held.
         let snap = self.snapshot.load_full();
+        let method = req.method().clone();
         match forward(&snap, req, conn).await {
-            Ok(resp) => {
-                let (parts, body) = resp.into_parts();
-                let body = ResponseBody::Upstream {
-                    body,
-                    guard: Some(guard),
-                };
+            Ok(Forwarded {
+                response,
+                target,
+                explain,
+            }) => {
+                let (mut parts, body) = response.into_parts();
+                if explain {
+                    if let Some(v) = route_header(&target) {
+                        parts.headers.insert(ROUTE.clone(), v);
+                    }
+                }
+                if snap.access_log {
+                    let d = target.decision();
+                    tracing::info!(
+                        target: "meridian::access",
+                        method = %method,
+                        status = parts.status.as_u16(),
+                        origin = d.origin.label(),
+                        origin_source = d.origin.source_label(),
+                        candidates = d.candidates,
+                        provider = %target.id(),
+                        jurisdiction = %target.jurisdiction(),
+                        reason = d.reason.as_str(),
+                    );
+                }
+                let body = ResponseBody::upstream(body, guard, target);
                 Ok(Response::from_parts(parts, body))
             }
-            Err(refusal) => {
+            Err(Refused { refusal, origin }) => {
                 tracing::debug!(peer = %conn.peer, error = %refusal, "answered locally");
-                Ok(refusal.into_response(Some(guard)))
+                let resp = refusal.into_response(Some(guard));
+                if snap.access_log {
+                    tracing::info!(
+                        target: "meridian::access",
+                        method = %method,
+                        status = resp.status().as_u16(),
+                        origin = origin.as_ref().map_or("unknown", |o| o.label()),
+                        origin_source = origin.as_ref().map_or("none", |o| o.source_label()),
+                        provider = "none",
+                        reason = %resp.status().canonical_reason().unwrap_or(""),
+                    );
+                }
+                Ok(resp)
             }
         }
     }
 }
 
-type Forwarded = Response<TimedBody<crate::upstream::UpstreamBody>>;
+/// Request header asking for the routing decision in the response (trusted peers).
+static EXPLAIN: HeaderName = HeaderName::from_static("x-meridian-explain");
+/// Response header carrying the routing decision.
+static ROUTE: HeaderName = HeaderName::from_static("x-meridian-route");
+/// Request header giving the expected response size, for selection.
+static SIZE_HINT: HeaderName = HeaderName::from_static("x-meridian-size-hint");
 
-async fn forward<B>(snap: &Snapshot, req: Request<B>, conn: &ConnInfo) -> Result<Forwarded, Refusal>
+/// A forwarded response, with the target that served it.
+pub(crate) struct Forwarded {
+    pub(crate) response: Response<TimedBody<UpstreamBody>>,
+    pub(crate) target: Target,
+    pub(crate) explain: bool,
+}
+
+/// A refusal, with the origin when it was known by then.
+pub(crate) struct Refused {
+    pub(crate) refusal: Refusal,
+    pub(crate) origin: Option<Origin>,
+}
+
+impl From<Refusal> for Refused {
+    fn from(refusal: Refusal) -> Self {
+        let origin = match &refusal {
+            Refusal::NoRoute(RouteError::Denied { origin } | RouteError::NoCompliant { origin, .. }) => Some(*origin),
+            _ => None,
+        };
+        Refused { refusal, origin }
+    }
+}
+
+async fn forward<B>(snap: &Snapshot, req: Request<B>, conn: &ConnInfo) -> Result<Forwarded, Refused>
 where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
     let target_len = req.uri().path_and_query().map_or(1, |pq| pq.as_str().len());
     if target_len > snap.max_uri_bytes {
-        return Err(Refusal::UriTooLong);
+        return Err(Refusal::UriTooLong.into());
     }
     if req.method() == Method::CONNECT {
-        return Err(Refusal::MethodNotAllowed);
+        return Err(Refusal::MethodNotAllowed.into());
     }
 
     let (mut parts, body) = req.into_parts();
@@ -145,80 +207,160 @@ where
         .as_ref()
         .and_then(|h| h.to_str().ok())
         .map(host_without_port);
-    let target = snap
-        .router
-        .route(host_name.as_deref())
-        .map_err(Refusal::NoRoute)?;
-    let pool = target.pool();
-    let endpoint = &pool.spec().endpoint;
+    let peer = canonical_ip(conn.peer.ip());
+    let trusted = snap.forwarding.is_trusted(peer);
+    let origin = snap.routing.resolve(RequestFacts {
+        host: host_name.as_deref(),
+        path: parts.uri.path(),
+        headers: &parts.headers,
+        peer,
+    });
+    let explain = trusted && parts.headers.get(&EXPLAIN).is_some_and(|v| v.as_bytes() == b"1");
+    // Residency claims and explain requests are for this edge only, trusted or not.
+    parts.headers.remove(snap.routing.origin().header());
+    parts.headers.remove(&EXPLAIN);
+    let bytes = expected_bytes(&parts.headers);
+    parts.headers.remove(&SIZE_HINT);
 
     let wants_trailers = headers::strip_hop_by_hop(&mut parts.headers);
     // The edge runs the 100-continue exchange with the client itself: it asks for
     // the body only once it is sending to a provider.
     parts.headers.remove(header::EXPECT);
-    let peer = canonical_ip(conn.peer.ip());
-    let hop = Hop {
-        peer,
-        trusted: snap.forwarding.is_trusted(peer),
-        proto: conn.proto,
-    };
-    headers::set_forwarding(&mut parts.headers, hop);
+    headers::set_forwarding(
+        &mut parts.headers,
+        Hop {
+            peer,
+            trusted,
+            proto: conn.proto,
+        },
+    );
     headers::add_via(&mut parts.headers, client_version, &snap.via);
     if wants_trailers {
-        parts
-            .headers
-            .insert(header::TE, HeaderValue::from_static("trailers"));
+        parts.headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
 
-    let presented = match &endpoint.host {
+    let body: ProxyBody = TimedBody::new(body, snap.body_idle)
+        .map_err(|e| -> BoxError { Box::new(e) })
+        .boxed_unsync();
+    let mut req = Request::from_parts(parts, body);
+    let mut exclude = None;
+    let mut first_failure = None;
+    loop {
+        let target = match snap.routing.route(origin, bytes, exclude, Instant::now()) {
+            Ok(t) => t,
+            // With no other allowed provider to fail over to, report the failure.
+            Err(e) => {
+                let refusal = match first_failure.take() {
+                    Some(failure) => Refusal::Upstream(failure),
+                    None => Refusal::NoRoute(e),
+                };
+                return Err(refusal.into());
+            }
+        };
+        aim(&mut req, &target, client_host.clone())?;
+        let sent = Instant::now();
+        match upstream::send(&target, req).await {
+            Ok(resp) => {
+                let now = Instant::now();
+                let stats = target.stats();
+                stats.observe_rtt(now.saturating_duration_since(sent), now);
+                if resp.status().is_server_error() {
+                    stats.observe_failure(now);
+                } else {
+                    stats.observe_success();
+                }
+                let (mut parts, body) = resp.into_parts();
+                let upstream_version = parts.version;
+                headers::strip_hop_by_hop(&mut parts.headers);
+                headers::add_via(&mut parts.headers, upstream_version, &snap.via);
+                parts.version = client_version;
+                let response = Response::from_parts(parts, TimedBody::new(body, snap.body_idle));
+                return Ok(Forwarded {
+                    response,
+                    target,
+                    explain,
+                });
+            }
+            Err(failure) => {
+                target.stats().observe_failure(Instant::now());
+                // Nothing reached the provider: safe to try the next-best allowed one,
+                // once, for any method. `route` keeps the retry inside the allowed set.
+                match failure.unsent {
+                    Some(back) if exclude.is_none() => {
+                        exclude = Some(target.index());
+                        first_failure = Some(failure.error);
+                        req = back;
+                    }
+                    _ => return Err(Refusal::Upstream(failure.error).into()),
+                }
+            }
+        }
+    }
+}
+
+/// Points a prepared request at `target`: request target form, `Host` or
+/// `:authority`, HTTP version. Idempotent, so a retry can re-aim the same request.
+fn aim(req: &mut Request<ProxyBody>, target: &Target, client_host: Option<HeaderValue>) -> Result<(), Refusal> {
+    let pool = target.pool();
+    let presented = match &pool.spec().endpoint.host {
         Some(h) => HeaderValue::from_str(h).ok(),
         None => client_host,
     };
-    let path = parts
-        .uri
+    let path = req
+        .uri()
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
     match pool.spec().protocol {
         Protocol::Http1 => {
             // Origin-form request target, the host in `Host` (RFC 9112 section 3.2).
-            parts.version = Version::HTTP_11;
+            *req.version_mut() = Version::HTTP_11;
             let host = presented.unwrap_or_else(|| header_value(pool.authority()));
-            parts.headers.insert(header::HOST, host);
-            parts.uri = Uri::from(path);
+            req.headers_mut().insert(header::HOST, host);
+            *req.uri_mut() = Uri::from(path);
         }
         Protocol::Http2 => {
             // The host travels as `:authority`, taken from the URI.
-            parts.version = Version::HTTP_2;
-            parts.headers.remove(header::HOST);
+            *req.version_mut() = Version::HTTP_2;
+            req.headers_mut().remove(header::HOST);
             let authority = presented
                 .and_then(|h| Authority::try_from(h.as_bytes()).ok())
                 .unwrap_or_else(|| pool.authority().clone());
-            parts.uri = Uri::builder()
+            *req.uri_mut() = Uri::builder()
                 .scheme(pool.scheme().clone())
                 .authority(authority)
                 .path_and_query(path)
                 .build()
-                .map_err(|e| Refusal::Upstream(upstream::UpstreamError::Exchange(e.to_string())))?;
+                .map_err(|e| Refusal::Upstream(UpstreamError::Exchange(e.to_string())))?;
         }
     }
+    Ok(())
+}
 
-    let body: ProxyBody = TimedBody::new(body, snap.body_idle)
-        .map_err(|e| -> BoxError { Box::new(e) })
-        .boxed_unsync();
-    let resp = upstream::send(&target, Request::from_parts(parts, body))
-        .await
-        .map_err(Refusal::Upstream)?;
+/// Bytes the request is expected to move: the upload's `Content-Length`, else the
+/// client's size hint, else 0 (small: latency decides).
+fn expected_bytes(h: &http::HeaderMap) -> u64 {
+    let num = |n: &HeaderName| {
+        h.get(n)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    };
+    num(&header::CONTENT_LENGTH).or_else(|| num(&SIZE_HINT)).unwrap_or(0)
+}
 
-    let (mut parts, body) = resp.into_parts();
-    let upstream_version = parts.version;
-    headers::strip_hop_by_hop(&mut parts.headers);
-    headers::add_via(&mut parts.headers, upstream_version, &snap.via);
-    parts.version = client_version;
-    Ok(Response::from_parts(
-        parts,
-        TimedBody::new(body, snap.body_idle),
-    ))
+/// `origin=CN; source=tenant; provider=cn-1; jurisdiction=CN; candidates=2; reason=...`
+fn route_header(target: &Target) -> Option<HeaderValue> {
+    let d = target.decision();
+    let v = format!(
+        "origin={}; source={}; provider={}; jurisdiction={}; candidates={}; reason={}",
+        d.origin.label(),
+        d.origin.source_label(),
+        target.id(),
+        target.jurisdiction(),
+        d.candidates,
+        d.reason.as_str()
+    );
+    HeaderValue::from_str(&v).ok()
 }
 
 /// The host part of a `Host` value, lower-cased; borrowed when it already is.

@@ -40,10 +40,13 @@ impl Refusal {
         match self {
             Refusal::Framing(_) => (StatusCode::BAD_REQUEST, "bad_framing", true),
             Refusal::UriTooLong => (StatusCode::URI_TOO_LONG, "uri_too_long", true),
-            Refusal::MethodNotAllowed => {
-                (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", false)
+            Refusal::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", false),
+            Refusal::NoRoute(RouteError::Denied { .. }) => {
+                (StatusCode::UNAVAILABLE_FOR_LEGAL_REASONS, "residency_denied", false)
             }
-            Refusal::NoRoute(_) => (StatusCode::SERVICE_UNAVAILABLE, "no_provider", false),
+            Refusal::NoRoute(RouteError::NoCompliant { .. }) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "no_compliant_provider", false)
+            }
             Refusal::Upstream(UpstreamError::ConnectTimeout | UpstreamError::ResponseTimeout) => {
                 (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", false)
             }
@@ -54,14 +57,17 @@ impl Refusal {
     /// The answer to send.
     pub fn into_response(self, guard: Option<InflightGuard>) -> Response<ResponseBody> {
         let (status, code, close) = self.parts();
-        let body = json_error_body(code, &self.to_string());
+        let origin = match &self {
+            Refusal::NoRoute(RouteError::Denied { origin } | RouteError::NoCompliant { origin, .. }) => {
+                Some(origin.label())
+            }
+            _ => None,
+        };
+        let body = json_error_body(code, origin, &self.to_string());
         let mut resp = Response::new(ResponseBody::local(body, guard));
         *resp.status_mut() = status;
         let h = resp.headers_mut();
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         if status == StatusCode::SERVICE_UNAVAILABLE {
             h.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
@@ -81,10 +87,15 @@ impl Refusal {
 
 /// `{"error":CODE,"reason":TEXT}` with TEXT escaped; written by hand to keep the
 /// edge's error path free of a JSON dependency.
-fn json_error_body(code: &str, reason: &str) -> String {
-    let mut out = String::with_capacity(32 + reason.len());
+fn json_error_body(code: &str, origin: Option<&str>, reason: &str) -> String {
+    let mut out = String::with_capacity(48 + reason.len());
     out.push_str("{\"error\":\"");
     out.push_str(code);
+    if let Some(o) = origin {
+        // Origins are ISO codes or `unknown`: nothing to escape.
+        out.push_str("\",\"origin\":\"");
+        out.push_str(o);
+    }
     out.push_str("\",\"reason\":\"");
     for c in reason.chars() {
         match c {
@@ -116,7 +127,7 @@ mod tests {
     #[test]
     fn reason_is_escaped() {
         assert_eq!(
-            json_error_body("x", "a\"b\n"),
+            json_error_body("x", None, "a\"b\n"),
             "{\"error\":\"x\",\"reason\":\"a\\\"b\\u000a\"}\n"
         );
     }

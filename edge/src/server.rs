@@ -6,11 +6,10 @@
 //! running one untouched. Shutdown stops accepting at once and gives in-flight
 //! requests until the drain deadline; it never cuts a request that finishes in time.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use meridian_proto::ProviderState;
+use meridian_proto::{CompiledPolicy, ProviderState};
 use rustls::crypto::CryptoProvider;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
@@ -20,8 +19,9 @@ use crate::admin;
 use crate::config::EdgeConfig;
 use crate::headers::ViaValues;
 use crate::listener::Listener;
+use crate::origin::OriginResolver;
 use crate::proxy::{Proxy, Snapshot};
-use crate::route::Router;
+use crate::route::{RoutedProvider, Routing};
 use crate::runtime::{bind_reuseport, set_current_worker, worker_count};
 use crate::tls::{self, SniResolver, TlsError};
 use crate::upstream::{PoolError, ProviderPool};
@@ -151,17 +151,7 @@ impl Edge {
             let drain = drain_rx.clone();
             std::thread::Builder::new()
                 .name(format!("meridian-w{index}"))
-                .spawn(move || {
-                    run_worker(
-                        parts,
-                        proxy,
-                        acceptor,
-                        limits,
-                        permits,
-                        drain,
-                        max_connections,
-                    )
-                })
+                .spawn(move || run_worker(parts, proxy, acceptor, limits, permits, drain, max_connections))
                 .map_err(|source| StartError::Worker { source })?;
         }
         Ok(edge)
@@ -214,9 +204,7 @@ fn bind_all(
 ) -> Result<Vec<std::net::TcpListener>, StartError> {
     match addr {
         None => Ok(Vec::new()),
-        Some(addr) => {
-            bind_reuseport(addr, workers).map_err(|source| StartError::Bind { what, addr, source })
-        }
+        Some(addr) => bind_reuseport(addr, workers).map_err(|source| StartError::Bind { what, addr, source }),
     }
 }
 
@@ -232,10 +220,7 @@ fn run_worker(
     max_connections: u32,
 ) {
     set_current_worker(parts.index);
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!(worker = parts.index, error = %e, "cannot start worker runtime");
@@ -243,24 +228,15 @@ fn run_worker(
         }
     };
     rt.block_on(async move {
-        let serve =
-            |socket: std::net::TcpListener, tls: Option<TlsAcceptor>| match TcpListener::from_std(
-                socket,
-            ) {
-                Ok(socket) => {
-                    let l = Listener::new(
-                        proxy.clone(),
-                        tls,
-                        limits.clone(),
-                        permits.clone(),
-                        drain.clone(),
-                    );
-                    tokio::spawn(l.serve(socket));
-                }
-                Err(e) => {
-                    tracing::error!(worker = parts.index, error = %e, "cannot register listener")
-                }
-            };
+        let serve = |socket: std::net::TcpListener, tls: Option<TlsAcceptor>| match TcpListener::from_std(socket) {
+            Ok(socket) => {
+                let l = Listener::new(proxy.clone(), tls, limits.clone(), permits.clone(), drain.clone());
+                tokio::spawn(l.serve(socket));
+            }
+            Err(e) => {
+                tracing::error!(worker = parts.index, error = %e, "cannot register listener")
+            }
+        };
         if let Some(s) = parts.http {
             serve(s, None);
         }
@@ -291,37 +267,49 @@ fn build_snapshot(
 ) -> Result<Snapshot, StartError> {
     let roots = tls::upstream_roots(config.upstream.ca_file.as_deref())?;
     let old = previous.map(|p| p.snapshot());
-    let mut pools = HashMap::new();
-    for spec in config
-        .providers
-        .iter()
-        .filter(|p| p.state != ProviderState::Disabled)
-    {
-        let reused = old
-            .as_ref()
-            .and_then(|s| s.router.pools().get(&spec.id))
-            .filter(|p| p.spec() == spec && config.upstream.ca_file.is_none())
-            .cloned();
-        let pool = match reused {
-            Some(p) => p,
-            None => Arc::new(ProviderPool::new(
-                spec,
-                &config.upstream,
-                &roots,
-                crypto,
-                workers,
-            )?),
+    let previous_provider = |id: &meridian_proto::ProviderId| {
+        old.as_ref().and_then(|s| {
+            s.routing
+                .providers()
+                .iter()
+                .flatten()
+                .find(|p| p.spec.id == *id)
+                .cloned()
+        })
+    };
+    let mut providers = Vec::with_capacity(config.fleet.providers.len());
+    for spec in &config.fleet.providers {
+        if spec.state == ProviderState::Disabled {
+            providers.push(None);
+            continue;
+        }
+        let before = previous_provider(&spec.id);
+        // Connections survive a reload when nothing about reaching the provider
+        // changed; measurements survive whatever changed.
+        let pool = match &before {
+            Some(p)
+                if p.spec.endpoint == spec.endpoint
+                    && p.spec.protocol == spec.protocol
+                    && p.spec.max_connections == spec.max_connections
+                    && config.upstream.ca_file.is_none() =>
+            {
+                p.pool.clone()
+            }
+            _ => Arc::new(ProviderPool::new(spec, &config.upstream, &roots, crypto, workers)?),
         };
-        pools.insert(spec.id.clone(), pool);
+        let stats = before.map(|p| p.stats.clone()).unwrap_or_default();
+        providers.push(Some(Arc::new(RoutedProvider {
+            spec: spec.clone(),
+            pool,
+            stats,
+        })));
     }
-    let router = Router::new(
-        pools,
-        config.routing.hosts.iter().cloned(),
-        config.routing.default_provider.clone(),
-    );
+    let origin = OriginResolver::new(&config.origin, &config.fleet, &config.forwarding);
+    let routing = Routing::new(origin, CompiledPolicy::compile(&config.fleet), providers);
     let via = ViaValues::new(&config.forwarding.via);
     Ok(Snapshot {
-        router,
+        routing,
+        access_log: config.log.access,
         forwarding: config.forwarding.clone(),
         via,
         max_uri_bytes: config.limits.max_uri_bytes as usize,

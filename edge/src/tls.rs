@@ -63,11 +63,9 @@ impl CertSet {
                 path: c.key.display().to_string(),
                 message: format!("no usable private key: {e}"),
             })?;
-            let ck = CertifiedKey::from_der(chain, key, provider).map_err(|source| {
-                TlsError::Rustls {
-                    context: format!("certificate `{}` ({})", c.name, c.cert.display()),
-                    source,
-                }
+            let ck = CertifiedKey::from_der(chain, key, provider).map_err(|source| TlsError::Rustls {
+                context: format!("certificate `{}` ({})", c.name, c.cert.display()),
+                source,
             })?;
             let ck = Arc::new(ck);
             for name in &c.server_names {

@@ -38,6 +38,7 @@ use crate::route::Target;
 use crate::runtime::current_worker;
 use crate::tls::{TlsError, client_config};
 pub use inline::InlineBody;
+
 use inline::InlinePool;
 
 /// Why a request got no response head from its provider.
@@ -118,34 +119,24 @@ impl ProviderPool {
     ) -> Result<Self, PoolError> {
         let id = spec.id.to_string();
         let h2 = spec.protocol == Protocol::Http2;
-        let tls =
-            match spec.endpoint.scheme {
-                Scheme::Http => None,
-                Scheme::Https => {
-                    let alpn: &[&[u8]] = if h2 { &[b"h2"] } else { &[b"http/1.1"] };
-                    let config =
-                        client_config(roots.clone(), crypto.clone(), alpn).map_err(|source| {
-                            PoolError::Tls {
-                                id: id.clone(),
-                                source,
-                            }
-                        })?;
-                    let name = ServerName::try_from(spec.endpoint.server_name().to_owned())
-                        .map_err(|e| PoolError::Address {
-                            id: id.clone(),
-                            message: format!("bad TLS server name: {e}"),
-                        })?;
-                    Some((config, name))
-                }
-            };
-        let authority: Authority =
-            spec.endpoint
-                .address
-                .parse()
-                .map_err(|e| PoolError::Address {
-                    id: id.clone(),
-                    message: format!("bad address `{}`: {e}", spec.endpoint.address),
-                })?;
+        let tls = match spec.endpoint.scheme {
+            Scheme::Http => None,
+            Scheme::Https => {
+                let alpn: &[&[u8]] = if h2 { &[b"h2"] } else { &[b"http/1.1"] };
+                let config = client_config(roots.clone(), crypto.clone(), alpn)
+                    .map_err(|source| PoolError::Tls { id: id.clone(), source })?;
+                let name =
+                    ServerName::try_from(spec.endpoint.server_name().to_owned()).map_err(|e| PoolError::Address {
+                        id: id.clone(),
+                        message: format!("bad TLS server name: {e}"),
+                    })?;
+                Some((config, name))
+            }
+        };
+        let authority: Authority = spec.endpoint.address.parse().map_err(|e| PoolError::Address {
+            id: id.clone(),
+            message: format!("bad address `{}`: {e}", spec.endpoint.address),
+        })?;
         let mut builder = Client::builder(TokioExecutor::new());
         builder
             .timer(TokioTimer::new())
@@ -163,11 +154,7 @@ impl ProviderPool {
                 tls: tls.clone(),
                 h2,
                 timeout: cfg.connect_timeout.0,
-                permits: Arc::new(Semaphore::new(worker_share(
-                    spec.max_connections as usize,
-                    workers,
-                    w,
-                ))),
+                permits: Arc::new(Semaphore::new(worker_share(spec.max_connections as usize, workers, w))),
             }))
         };
         let workers = if h2 {
@@ -208,20 +195,30 @@ impl ProviderPool {
     }
 }
 
+/// A request that got no response head, and the request itself when none of it was
+/// sent (so it may be tried elsewhere).
+#[derive(Debug)]
+pub struct SendFailure {
+    /// What went wrong.
+    pub error: UpstreamError,
+    /// The untouched request, when nothing of it reached the provider.
+    pub unsent: Option<Request<ProxyBody>>,
+}
+
+impl From<UpstreamError> for SendFailure {
+    fn from(error: UpstreamError) -> Self {
+        SendFailure { error, unsent: None }
+    }
+}
+
 /// Sends `req` to the provider routing chose and waits for the response head.
-pub async fn send(
-    target: &Target,
-    req: Request<ProxyBody>,
-) -> Result<Response<UpstreamBody>, UpstreamError> {
+pub async fn send(target: &Target, req: Request<ProxyBody>) -> Result<Response<UpstreamBody>, SendFailure> {
     let pool = target.pool();
     // The calling worker's own pool: its connections live on this thread.
     let w = current_worker();
     let exchange = async {
         match &pool.workers {
-            Workers::H1(pools) => pools[w % pools.len()]
-                .send(req)
-                .await
-                .map(|r| r.map(UpstreamBody::H1)),
+            Workers::H1(pools) => pools[w % pools.len()].send(req).await.map(|r| r.map(UpstreamBody::H1)),
             Workers::H2(clients) => match clients[w % clients.len()].request(req).await {
                 Ok(resp) => Ok(resp.map(UpstreamBody::H2)),
                 Err(e) if e.is_connect() => {
@@ -229,17 +226,17 @@ pub async fn send(
                         .and_then(|s| s.downcast_ref::<io::Error>())
                         .is_some_and(|io| io.kind() == io::ErrorKind::TimedOut);
                     if timed_out {
-                        Err(UpstreamError::ConnectTimeout)
+                        Err(UpstreamError::ConnectTimeout.into())
                     } else {
-                        Err(UpstreamError::Connect(error_chain(&e)))
+                        Err(UpstreamError::Connect(error_chain(&e)).into())
                     }
                 }
-                Err(e) => Err(UpstreamError::Exchange(error_chain(&e))),
+                Err(e) => Err(UpstreamError::Exchange(error_chain(&e)).into()),
             },
         }
     };
     match tokio::time::timeout(pool.response_timeout, exchange).await {
-        Err(_) => Err(UpstreamError::ResponseTimeout),
+        Err(_) => Err(UpstreamError::ResponseTimeout.into()),
         Ok(r) => r,
     }
 }
@@ -364,9 +361,7 @@ async fn connect(inner: &ConnectorInner) -> io::Result<Stream> {
     match &inner.tls {
         None => Ok(Stream::Plain(tcp)),
         Some((config, name)) => {
-            let tls = TlsConnector::from(config.clone())
-                .connect(name.clone(), tcp)
-                .await?;
+            let tls = TlsConnector::from(config.clone()).connect(name.clone(), tcp).await?;
             if inner.h2 && tls.get_ref().1.alpn_protocol() != Some(b"h2") {
                 return Err(io::Error::other("provider did not negotiate h2 over ALPN"));
             }
@@ -382,11 +377,7 @@ enum Stream {
 }
 
 impl AsyncRead for Stream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
@@ -395,11 +386,7 @@ impl AsyncRead for Stream {
 }
 
 impl AsyncWrite for Stream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
@@ -466,11 +453,7 @@ impl hyper::rt::Read for UpstreamIo {
 }
 
 impl hyper::rt::Write for UpstreamIo {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.io).poll_write(cx, buf)
     }
 
@@ -502,13 +485,7 @@ mod tests {
     #[test]
     fn connection_cap_is_split_across_workers() {
         assert_eq!((0..2).map(|w| worker_share(256, 2, w)).sum::<usize>(), 256);
-        assert_eq!(
-            (0..4).map(|w| worker_share(6, 4, w)).collect::<Vec<_>>(),
-            [2, 2, 1, 1]
-        );
-        assert_eq!(
-            (0..4).map(|w| worker_share(2, 4, w)).collect::<Vec<_>>(),
-            [1, 1, 1, 1]
-        );
+        assert_eq!((0..4).map(|w| worker_share(6, 4, w)).collect::<Vec<_>>(), [2, 2, 1, 1]);
+        assert_eq!((0..4).map(|w| worker_share(2, 4, w)).collect::<Vec<_>>(), [1, 1, 1, 1]);
     }
 }

@@ -30,12 +30,7 @@ fn process_config(
     provider: std::net::SocketAddr,
     https: bool,
     extra: &str,
-) -> (
-    String,
-    std::net::SocketAddr,
-    std::net::SocketAddr,
-    std::net::SocketAddr,
-) {
+) -> (String, std::net::SocketAddr, std::net::SocketAddr, std::net::SocketAddr) {
     let (http, tls, admin) = (free_port(), free_port(), free_port());
     let mut toml = config_toml(provider, https, extra)
         .replace("http = \"127.0.0.1:0\"", &format!("http = \"{http}\""))
@@ -49,49 +44,24 @@ fn process_config(
 #[test]
 fn check_config_accepts_good_files_and_names_the_bad_key_and_line() {
     let dir = tempfile::tempdir().unwrap();
-    let good = write_config(
-        dir.path(),
-        &config_toml("127.0.0.1:9".parse().unwrap(), false, ""),
-    );
-    let out = Command::new(BIN)
-        .arg("check-config")
-        .arg(&good)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let good = write_config(dir.path(), &config_toml("127.0.0.1:9".parse().unwrap(), false, ""));
+    let out = Command::new(BIN).arg("check-config").arg(&good).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
     let bad = dir.path().join("bad.toml");
     std::fs::write(
         &bad,
-        config_toml(
-            "127.0.0.1:9".parse().unwrap(),
-            false,
-            "[limits]\nidle_timeout = 5\n",
-        ),
+        config_toml("127.0.0.1:9".parse().unwrap(), false, "[limits]\nidle_timeout = 5\n"),
     )
     .unwrap();
-    let out = Command::new(BIN)
-        .arg("check-config")
-        .arg(&bad)
-        .output()
-        .unwrap();
+    let out = Command::new(BIN).arg("check-config").arg(&bad).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("limits.idle_timeout") && err.contains("line 14"),
-        "{err}"
-    );
+    assert!(err.contains("limits.idle_timeout") && err.contains("line 16"), "{err}");
 
     let out = Command::new(BIN).arg("--help").output().unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        help.contains("run") && help.contains("check-config"),
-        "{help}"
-    );
+    assert!(help.contains("run") && help.contains("check-config"), "{help}");
 }
 
 #[tokio::test]
@@ -99,15 +69,11 @@ async fn sighup_reloads_certificates_without_dropping_connections_and_refuses_ba
     let p = provider("p1").await;
     let certs = Certs::new();
     let first = certs.write("a", &["a.test"]);
-    let (toml, _, https, admin) =
-        process_config(p.addr, true, &tls_tables(&[("a", &["a.test"])], None));
+    let (toml, _, https, admin) = process_config(p.addr, true, &tls_tables(&[("a", &["a.test"])], None));
     let config = write_config(certs.path(), &toml);
     let log = certs.path().join("edge.log");
     let edge = EdgeProcess::start_logged(config, admin, &log).await;
-    assert_eq!(
-        served_cert(https, "a.test").await,
-        Some(der(&first.cert_pem))
-    );
+    assert_eq!(served_cert(https, "a.test").await, Some(der(&first.cert_pem)));
 
     // An open keep-alive connection from before the reload.
     let cfg = client_tls(&certs.ca.cert_pem, &[b"http/1.1"], rustls::ALL_VERSIONS);
@@ -124,11 +90,7 @@ async fn sighup_reloads_certificates_without_dropping_connections_and_refuses_ba
     })
     .await;
     let r = get_on(&mut old, "a.test", "/_sim/echo").await;
-    assert_eq!(
-        r.status(),
-        200,
-        "connection from before the reload still serves"
-    );
+    assert_eq!(r.status(), 200, "connection from before the reload still serves");
     text(r).await;
 
     // A broken certificate is refused and the running one stays.
@@ -141,28 +103,21 @@ async fn sighup_reloads_certificates_without_dropping_connections_and_refuses_ba
             .then_some(())
     })
     .await;
-    assert_eq!(
-        served_cert(https, "a.test").await,
-        Some(der(&second.cert_pem))
-    );
+    assert_eq!(served_cert(https, "a.test").await, Some(der(&second.cert_pem)));
 }
 
 #[tokio::test]
 async fn sigterm_drains_in_flight_requests_then_exits_zero() {
     let p = provider("p1").await;
     let dir = tempfile::tempdir().unwrap();
-    let (toml, http, _, admin) =
-        process_config(p.addr, false, "[shutdown]\ndrain_timeout = \"20s\"\n");
+    let (toml, http, _, admin) = process_config(p.addr, false, "[shutdown]\ndrain_timeout = \"20s\"\n");
     let edge = EdgeProcess::start(write_config(dir.path(), &toml), admin).await;
 
     let slow = tokio::spawn(async move {
         let r = get(http, "x", "/_sim/delay?ms=1500").await;
         (r.status(), text(r).await)
     });
-    poll_until(Duration::from_secs(10), || async {
-        (p.requests() >= 1).then_some(())
-    })
-    .await;
+    poll_until(Duration::from_secs(10), || async { (p.requests() >= 1).then_some(()) }).await;
     edge.signal(Signal::SIGTERM);
     // Readiness drops at once, so load balancers stop sending...
     poll_until(Duration::from_secs(10), || async {
@@ -171,10 +126,7 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
     .await;
     // ...new connections are refused once the listener is closed...
     poll_until(Duration::from_secs(10), || async {
-        tokio::net::TcpStream::connect(http)
-            .await
-            .is_err()
-            .then_some(())
+        tokio::net::TcpStream::connect(http).await.is_err().then_some(())
     })
     .await;
     // ...while the request already in flight completes.
@@ -189,20 +141,13 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
 async fn sigint_exits_zero_even_when_the_drain_deadline_passes() {
     let p = provider("p1").await;
     let dir = tempfile::tempdir().unwrap();
-    let (toml, http, _, admin) =
-        process_config(p.addr, false, "[shutdown]\ndrain_timeout = \"200ms\"\n");
+    let (toml, http, _, admin) = process_config(p.addr, false, "[shutdown]\ndrain_timeout = \"200ms\"\n");
     let edge = EdgeProcess::start(write_config(dir.path(), &toml), admin).await;
     let mut stuck = tokio::net::TcpStream::connect(http).await.unwrap();
-    tokio::io::AsyncWriteExt::write_all(
-        &mut stuck,
-        b"GET /_sim/delay?ms=60000 HTTP/1.1\r\nHost: x\r\n\r\n",
-    )
-    .await
-    .unwrap();
-    poll_until(Duration::from_secs(10), || async {
-        (p.requests() >= 1).then_some(())
-    })
-    .await;
+    tokio::io::AsyncWriteExt::write_all(&mut stuck, b"GET /_sim/delay?ms=60000 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    poll_until(Duration::from_secs(10), || async { (p.requests() >= 1).then_some(()) }).await;
     edge.signal(Signal::SIGINT);
     let exit = edge.wait(Duration::from_secs(20)).await;
     assert_eq!(exit.code(), Some(0));
@@ -234,9 +179,7 @@ fn gigabyte() -> (
         h.update(&blocks[order(i)]);
     }
     let crc = h.finalize();
-    let stream = futures_util::stream::iter(
-        (0..count).map(move |i| Ok(Frame::data(blocks[order(i)].clone()))),
-    );
+    let stream = futures_util::stream::iter((0..count).map(move |i| Ok(Frame::data(blocks[order(i)].clone()))));
     (stream, crc)
 }
 
@@ -248,6 +191,7 @@ async fn one_gib_up_and_down_streams_intact_within_64_mib_of_edge_memory() {
         addr: "127.0.0.1:0".parse().unwrap(),
         storage: Storage::Disk(store.path().to_owned()),
         tls: None,
+        objects: None,
     })
     .await
     .unwrap();

@@ -105,16 +105,10 @@ async fn hop_by_hop_headers_are_removed_both_ways_and_via_added() {
         "proxy-authorization",
         "upgrade",
     ] {
-        assert!(
-            echoed(&doc, gone).is_empty(),
-            "{gone} reached the provider: {doc}"
-        );
+        assert!(echoed(&doc, gone).is_empty(), "{gone} reached the provider: {doc}");
     }
     assert_eq!(echoed(&doc, "x-end-to-end"), ["kept"]);
-    assert_eq!(
-        doc["uri"], "/_sim/echo",
-        "HTTP/1.1 upstream requests use origin-form"
-    );
+    assert_eq!(doc["uri"], "/_sim/echo", "HTTP/1.1 upstream requests use origin-form");
     assert_eq!(echoed(&doc, "via"), ["1.1 meridian"]);
 }
 
@@ -141,11 +135,7 @@ async fn forwarding_trail_is_replaced_for_untrusted_and_appended_for_trusted_pee
     assert_eq!(echoed(&doc, "forwarded"), ["for=127.0.0.1;proto=http"]);
 
     let trusted = edge(
-        &config_toml(
-            p.addr,
-            false,
-            "[forwarding]\ntrusted_hops = [\"127.0.0.0/8\"]\n",
-        ),
+        &config_toml(p.addr, false, "[forwarding]\ntrusted_hops = [\"127.0.0.0/8\"]\n"),
         std::path::Path::new("."),
     )
     .await;
@@ -153,10 +143,7 @@ async fn forwarding_trail_is_replaced_for_untrusted_and_appended_for_trusted_pee
     let doc = echo_json(spoof(&mut c).await.unwrap()).await;
     assert_eq!(echoed(&doc, "x-forwarded-for"), ["203.0.113.9, 127.0.0.1"]);
     assert_eq!(echoed(&doc, "x-forwarded-proto"), ["https"]);
-    assert_eq!(
-        echoed(&doc, "forwarded"),
-        ["for=203.0.113.9, for=127.0.0.1;proto=http"]
-    );
+    assert_eq!(echoed(&doc, "forwarded"), ["for=203.0.113.9, for=127.0.0.1;proto=http"]);
 }
 
 #[tokio::test]
@@ -219,11 +206,9 @@ async fn expect_100_continue_is_answered_before_the_body_is_sent() {
     let p = provider("p1").await;
     let e = edge(&config_toml(p.addr, false, ""), std::path::Path::new(".")).await;
     let mut tcp = TcpStream::connect(e.http_addr.unwrap()).await.unwrap();
-    tcp.write_all(
-        b"PUT /obj HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
-    )
-    .await
-    .unwrap();
+    tcp.write_all(b"PUT /obj HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+        .await
+        .unwrap();
     // The body is withheld until the edge says 100 Continue.
     let mut buf = vec![0u8; 64];
     let n = tokio::time::timeout(
@@ -246,8 +231,8 @@ async fn upstream_connections_are_reused_and_capped_per_provider() {
     let p = provider("p1").await;
     let extra = "";
     let toml = config_toml(p.addr, false, extra).replace(
-        "[providers.endpoint]",
-        "max_connections = 2\n[providers.endpoint]",
+        "[fleet.providers.endpoint]",
+        "max_connections = 2\n[fleet.providers.endpoint]",
     );
     let e = edge(&toml, std::path::Path::new(".")).await;
     let addr = e.http_addr.unwrap();
@@ -284,11 +269,7 @@ async fn upstream_connections_are_reused_and_capped_per_provider() {
 #[tokio::test]
 async fn slow_response_head_is_504_and_refused_connect_is_502() {
     let p = provider("p1").await;
-    let toml = config_toml(
-        p.addr,
-        false,
-        "[upstream]\nresponse_header_timeout = \"300ms\"\n",
-    );
+    let toml = config_toml(p.addr, false, "[upstream]\nresponse_header_timeout = \"300ms\"\n");
     let e = edge(&toml, std::path::Path::new(".")).await;
     let r = get(e.http_addr.unwrap(), "x", "/_sim/delay?ms=5000").await;
     assert_eq!(r.status(), 504);
@@ -314,8 +295,8 @@ async fn tls_provider_that_never_handshakes_is_a_connect_timeout() {
     });
     let toml = format!(
         "[listeners]\nhttp = \"127.0.0.1:0\"\n[upstream]\nconnect_timeout = \"300ms\"\n\
-         [[providers]]\nid = \"p1\"\n[providers.endpoint]\naddress = \"{addr}\"\nscheme = \"https\"\nsni = \"store.test\"\n\
-         [routing]\ndefault_provider = \"p1\"\n"
+         [[fleet.providers]]\nid = \"p1\"\njurisdiction = \"DE\"\n[fleet.providers.endpoint]\naddress = \"{addr}\"\nscheme = \"https\"\nsni = \"store.test\"\n\
+         [fleet.policy]\nunknown_origin = \"DE\"\nrules = [{{ name = \"any\", origin = \"*\", allow = [\"*\"] }}]\n"
     );
     let e = edge(&toml, std::path::Path::new(".")).await;
     let r = get(e.http_addr.unwrap(), "x", "/").await;
@@ -348,10 +329,7 @@ async fn a_stalled_response_body_is_aborted_not_cut_short() {
     .await;
     assert!(closed, "connection must be closed");
     assert!(out.contains("transfer-encoding: chunked"), "{out}");
-    assert!(
-        !out.ends_with("0\r\n\r\n"),
-        "stream must not be terminated cleanly"
-    );
+    assert!(!out.ends_with("0\r\n\r\n"), "stream must not be terminated cleanly");
 }
 
 #[tokio::test]
@@ -362,8 +340,8 @@ async fn http2_clients_reach_http1_and_http2_providers() {
     let tls_tables = "[tls]\n[[tls.certificates]]\nname = \"edge\"\nserver_names = [\"edge.test\"]\ncert = \"edge.crt\"\nkey = \"edge.key\"\n";
     for proto in ["http1", "http2"] {
         let toml = config_toml(p.addr, true, tls_tables).replace(
-            "[providers.endpoint]",
-            &format!("protocol = \"{proto}\"\n[providers.endpoint]"),
+            "[fleet.providers.endpoint]",
+            &format!("protocol = \"{proto}\"\n[fleet.providers.endpoint]"),
         );
         let e = edge(&toml, certs.path()).await;
         let mut c = h2_tls(e.https_addr.unwrap(), "edge.test", &certs.ca.cert_pem).await;
@@ -378,22 +356,11 @@ async fn http2_clients_reach_http1_and_http2_providers() {
         assert_eq!(r.status(), 200);
         assert_eq!(
             r.headers()["via"],
-            if proto == "http1" {
-                "1.1 meridian"
-            } else {
-                "2 meridian"
-            }
+            if proto == "http1" { "1.1 meridian" } else { "2 meridian" }
         );
         let doc = echo_json(r).await;
         assert_eq!(doc["body_bytes"], 3);
-        assert_eq!(
-            doc["version"],
-            if proto == "http1" {
-                "HTTP/1.1"
-            } else {
-                "HTTP/2.0"
-            }
-        );
+        assert_eq!(doc["version"], if proto == "http1" { "HTTP/1.1" } else { "HTTP/2.0" });
         assert_eq!(echoed(&doc, "via"), ["2 meridian"]);
         assert_eq!(echoed(&doc, "x-forwarded-proto"), ["https"]);
     }
@@ -433,15 +400,16 @@ async fn tls_providers_are_verified_with_the_configured_ca_sni_and_host_override
         addr: "127.0.0.1:0".parse().unwrap(),
         storage: meridian_sim::Storage::Memory,
         tls: Some(leaf),
+        objects: None,
     })
     .await
     .unwrap();
     for (proto, version) in [("http1", "HTTP/1.1"), ("http2", "HTTP/2.0")] {
         let toml = format!(
             "[listeners]\nhttp = \"127.0.0.1:0\"\n[upstream]\nca_file = \"ca.crt\"\n\
-             [[providers]]\nid = \"p1\"\nprotocol = \"{proto}\"\n[providers.endpoint]\naddress = \"{}\"\n\
+             [[fleet.providers]]\nid = \"p1\"\njurisdiction = \"DE\"\nprotocol = \"{proto}\"\n[fleet.providers.endpoint]\naddress = \"{}\"\n\
              scheme = \"https\"\nsni = \"store.test\"\nhost = \"objects.internal\"\n\
-             [routing]\ndefault_provider = \"p1\"\n",
+             [fleet.policy]\nunknown_origin = \"DE\"\nrules = [{{ name = \"any\", origin = \"*\", allow = [\"*\"] }}]\n",
             p.addr
         );
         let e = edge(&toml, certs.path()).await;
@@ -452,10 +420,7 @@ async fn tls_providers_are_verified_with_the_configured_ca_sni_and_host_override
         match proto {
             "http1" => assert_eq!(echoed(&doc, "host"), ["objects.internal"]),
             _ => assert!(
-                doc["uri"]
-                    .as_str()
-                    .unwrap()
-                    .starts_with("https://objects.internal/"),
+                doc["uri"].as_str().unwrap().starts_with("https://objects.internal/"),
                 "{doc}"
             ),
         }
@@ -464,8 +429,8 @@ async fn tls_providers_are_verified_with_the_configured_ca_sni_and_host_override
     // The wrong name fails verification: 502, nothing served.
     let toml = format!(
         "[listeners]\nhttp = \"127.0.0.1:0\"\n[upstream]\nca_file = \"ca.crt\"\n\
-         [[providers]]\nid = \"p1\"\n[providers.endpoint]\naddress = \"{}\"\nscheme = \"https\"\nsni = \"other.test\"\n\
-         [routing]\ndefault_provider = \"p1\"\n",
+         [[fleet.providers]]\nid = \"p1\"\njurisdiction = \"DE\"\n[fleet.providers.endpoint]\naddress = \"{}\"\nscheme = \"https\"\nsni = \"other.test\"\n\
+         [fleet.policy]\nunknown_origin = \"DE\"\nrules = [{{ name = \"any\", origin = \"*\", allow = [\"*\"] }}]\n",
         p.addr
     );
     let e = edge(&toml, certs.path()).await;

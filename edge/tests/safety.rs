@@ -21,10 +21,7 @@ async fn oversized_header_block_is_431_and_long_uri_is_414() {
     let e = edge(&config_toml(p.addr, false, ""), Path::new(".")).await;
     let addr = e.http_addr.unwrap();
 
-    let big = format!(
-        "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
-        "a".repeat(70 * 1024)
-    );
+    let big = format!("GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(70 * 1024));
     let (out, closed) = raw(addr, big.as_bytes(), LIMIT).await;
     assert!(out.starts_with("HTTP/1.1 431"), "{out}");
     assert!(closed);
@@ -35,21 +32,13 @@ async fn oversized_header_block_is_431_and_long_uri_is_414() {
         "a".repeat(60 * 1024)
     );
     let (out, _) = raw(addr, ok.as_bytes(), LIMIT).await;
-    assert!(
-        out.starts_with("HTTP/1.1 200"),
-        "{}",
-        &out[..out.len().min(200)]
-    );
+    assert!(out.starts_with("HTTP/1.1 200"), "{}", &out[..out.len().min(200)]);
 
     let long = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "u".repeat(9000));
     let (out, closed) = raw(addr, long.as_bytes(), LIMIT).await;
     assert!(out.starts_with("HTTP/1.1 414"), "{out}");
     assert!(closed);
-    assert_eq!(
-        p.requests(),
-        1,
-        "only the valid request reached the provider"
-    );
+    assert_eq!(p.requests(), 1, "only the valid request reached the provider");
 }
 
 #[tokio::test]
@@ -97,9 +86,7 @@ async fn a_slow_request_head_is_cut_off() {
     let e = edge(&toml, Path::new(".")).await;
     let mut tcp = TcpStream::connect(e.http_addr.unwrap()).await.unwrap();
     let start = tokio::time::Instant::now();
-    tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
-        .await
-        .unwrap();
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.unwrap();
     // Keep dribbling header lines: progress does not reset the header clock. Writes
     // start failing once the edge has closed the connection.
     for _ in 0..100 {

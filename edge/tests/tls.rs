@@ -48,10 +48,7 @@ async fn unknown_sni_gets_the_default_certificate_when_configured() {
     let e = edge(&toml, certs.path()).await;
     let addr = e.https_addr.unwrap();
     assert_eq!(served_cert(addr, "a.test").await, Some(der(&a.cert_pem)));
-    assert_eq!(
-        served_cert(addr, "unknown.test").await,
-        Some(der(&d.cert_pem))
-    );
+    assert_eq!(served_cert(addr, "unknown.test").await, Some(der(&d.cert_pem)));
 }
 
 #[tokio::test]
@@ -86,11 +83,7 @@ async fn tls12_and_tls13_both_work_and_alpn_selects_the_protocol() {
 #[tokio::test]
 async fn tls_versions_below_1_2_are_refused() {
     // rustls cannot even offer TLS 1.1, so use openssl's client when present.
-    if std::process::Command::new("openssl")
-        .arg("version")
-        .output()
-        .is_err()
-    {
+    if std::process::Command::new("openssl").arg("version").output().is_err() {
         panic!("openssl is required for this test (installed by scripts/test)");
     }
     let p = provider("p1").await;
@@ -177,9 +170,7 @@ async fn a_rapid_reset_flood_gets_the_connection_closed() {
     // Open streams and cancel them at once, as CVE-2023-44487 does.
     let mut sent = 0;
     for _ in 0..5000 {
-        let req = Request::get("https://a.test/_sim/delay?ms=1000")
-            .body(())
-            .unwrap();
+        let req = Request::get("https://a.test/_sim/delay?ms=1000").body(()).unwrap();
         let Ok((resp, mut body)) = send.send_request(req, false) else {
             break;
         };

@@ -40,8 +40,7 @@ impl TestCa {
 
     /// A leaf certificate for `names` (DNS names or IP addresses).
     pub fn issue(&self, names: &[&str]) -> Result<Leaf, CertError> {
-        let mut params =
-            CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
+        let mut params = CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
         params
             .distinguished_name
             .push(DnType::CommonName, names.first().copied().unwrap_or("leaf"));

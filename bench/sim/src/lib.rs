@@ -9,4 +9,4 @@ pub mod certs;
 pub mod store;
 
 pub use certs::TestCa;
-pub use store::{SimConfig, SimProvider, Storage};
+pub use store::{Objects, SimConfig, SimProvider, Storage};

@@ -60,6 +60,17 @@ pub struct SimConfig {
     pub storage: Storage,
     /// Serve TLS (ALPN h2 and http/1.1) with this certificate.
     pub tls: Option<Leaf>,
+    /// Objects shared with other providers (replicas of one another); a fresh set
+    /// when `None`.
+    pub objects: Option<Arc<Objects>>,
+}
+
+/// The objects a simulated provider holds. Providers given the same `Objects` act as
+/// replicas: what one stores, all serve.
+#[derive(Debug, Default)]
+pub struct Objects {
+    meta: DashMap<String, Meta>,
+    memory: DashMap<String, Bytes>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -71,8 +82,7 @@ struct Meta {
 struct State {
     name: HeaderValue,
     storage: Storage,
-    meta: DashMap<String, Meta>,
-    memory: DashMap<String, Bytes>,
+    objects: Arc<Objects>,
     accepted: AtomicU64,
     open: AtomicU64,
     peak: AtomicU64,
@@ -108,8 +118,7 @@ impl SimProvider {
         let state = Arc::new(State {
             name: HeaderValue::from_str(&cfg.name).map_err(io::Error::other)?,
             storage: cfg.storage,
-            meta: DashMap::new(),
-            memory: DashMap::new(),
+            objects: cfg.objects.unwrap_or_default(),
             accepted: AtomicU64::new(0),
             open: AtomicU64::new(0),
             peak: AtomicU64::new(0),
@@ -141,7 +150,7 @@ impl SimProvider {
 
     /// Whether an object is stored under `path`.
     pub fn has_object(&self, path: &str) -> bool {
-        self.state.meta.contains_key(path)
+        self.state.objects.meta.contains_key(path)
     }
 }
 
@@ -150,14 +159,12 @@ fn acceptor(leaf: &Leaf) -> io::Result<TlsAcceptor> {
         .collect::<Result<Vec<_>, _>>()
         .map_err(io::Error::other)?;
     let key = PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).map_err(io::Error::other)?;
-    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(io::Error::other)?
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .map_err(io::Error::other)?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(io::Error::other)?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(io::Error::other)?;
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(cfg)))
 }
@@ -211,10 +218,8 @@ async fn handle(req: Request<Incoming>, state: &State, conn_id: u64) -> Response
             _ => plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
         }
     };
-    resp.headers_mut()
-        .insert("x-sim-provider", state.name.clone());
-    resp.headers_mut()
-        .insert("x-sim-conn", HeaderValue::from(conn_id));
+    resp.headers_mut().insert("x-sim-provider", state.name.clone());
+    resp.headers_mut().insert("x-sim-conn", HeaderValue::from(conn_id));
     resp
 }
 
@@ -291,26 +296,22 @@ async fn put(key: &str, mut body: Incoming, state: &State) -> Response<SimBody> 
         Ok(mem) => {
             let crc = hasher.finalize();
             if let Some(bytes) = mem {
-                state.memory.insert(key.to_owned(), bytes);
+                state.objects.memory.insert(key.to_owned(), bytes);
             }
-            state.meta.insert(key.to_owned(), Meta { len, crc });
+            state.objects.meta.insert(key.to_owned(), Meta { len, crc });
             let mut r = plain(StatusCode::OK, "stored\n");
             r.headers_mut().insert(header::ETAG, etag(crc));
             r
         }
         Err(e) => {
             tracing::debug!(error = %e, key, "upload failed; nothing stored");
-            plain(
-                StatusCode::BAD_REQUEST,
-                "upload incomplete; nothing stored\n",
-            )
+            plain(StatusCode::BAD_REQUEST, "upload incomplete; nothing stored\n")
         }
     }
 }
 
 fn etag(crc: u32) -> HeaderValue {
-    HeaderValue::from_str(&format!("\"{crc:08x}\""))
-        .unwrap_or_else(|_| HeaderValue::from_static("\"0\""))
+    HeaderValue::from_str(&format!("\"{crc:08x}\"")).unwrap_or_else(|_| HeaderValue::from_static("\"0\""))
 }
 
 /// Parses a single `bytes=` range against `len`: `Ok(None)` for no range header,
@@ -346,7 +347,7 @@ pub fn parse_range(value: Option<&HeaderValue>, len: u64) -> Result<Option<(u64,
 }
 
 async fn get(key: &str, req: &Request<Incoming>, state: &State) -> Response<SimBody> {
-    let Some(meta) = state.meta.get(key).map(|m| *m) else {
+    let Some(meta) = state.objects.meta.get(key).map(|m| *m) else {
         return plain(StatusCode::NOT_FOUND, "no such object\n");
     };
     let range = match parse_range(req.headers().get(header::RANGE), meta.len) {
@@ -365,7 +366,7 @@ async fn get(key: &str, req: &Request<Incoming>, state: &State) -> Response<SimB
         empty()
     } else {
         match file_name(state, key) {
-            None => match state.memory.get(key) {
+            None => match state.objects.memory.get(key) {
                 Some(b) => full(b.slice(start as usize..=end as usize)),
                 None => return plain(StatusCode::NOT_FOUND, "no such object\n"),
             },
@@ -399,10 +400,7 @@ async fn file_stream(path: PathBuf, start: u64, count: u64) -> io::Result<SimBod
         let mut buf = vec![0u8; left.min(64 * 1024) as usize];
         match file.read(&mut buf).await {
             Ok(0) => Some((
-                Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "object shrank",
-                )),
+                Err(io::Error::new(io::ErrorKind::UnexpectedEof, "object shrank")),
                 (file, 0),
             )),
             Ok(n) => {
@@ -416,10 +414,10 @@ async fn file_stream(path: PathBuf, start: u64, count: u64) -> io::Result<SimBod
 }
 
 async fn delete(key: &str, state: &State) -> Response<SimBody> {
-    if state.meta.remove(key).is_none() {
+    if state.objects.meta.remove(key).is_none() {
         return plain(StatusCode::NOT_FOUND, "no such object\n");
     }
-    state.memory.remove(key);
+    state.objects.memory.remove(key);
     if let Some(path) = file_name(state, key) {
         let _ = tokio::fs::remove_file(path).await;
     }
@@ -490,10 +488,8 @@ async fn diagnostics(what: &str, req: Request<Incoming>, state: &State) -> Respo
                 "trailers": pairs(&trailers),
             });
             let mut r = Response::new(full(Bytes::from(doc.to_string())));
-            r.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
+            r.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
             r
         }
         "delay" => {
@@ -507,8 +503,7 @@ async fn diagnostics(what: &str, req: Request<Incoming>, state: &State) -> Respo
                 .chain(futures_util::stream::pending());
             let mut r = Response::new(StreamBody::new(stream).boxed_unsync());
             if q.contains_key("length") {
-                r.headers_mut()
-                    .insert(header::CONTENT_LENGTH, HeaderValue::from(n * 2));
+                r.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(n * 2));
             }
             r
         }
@@ -516,12 +511,8 @@ async fn diagnostics(what: &str, req: Request<Incoming>, state: &State) -> Respo
             let data = Bytes::from_static(b"hello, trailers");
             let mut t = HeaderMap::new();
             t.insert("x-checksum", HeaderValue::from(crc32fast::hash(&data)));
-            let frames = [
-                Ok::<_, io::Error>(Frame::data(data)),
-                Ok(Frame::trailers(t)),
-            ];
-            let mut r =
-                Response::new(StreamBody::new(futures_util::stream::iter(frames)).boxed_unsync());
+            let frames = [Ok::<_, io::Error>(Frame::data(data)), Ok(Frame::trailers(t))];
+            let mut r = Response::new(StreamBody::new(futures_util::stream::iter(frames)).boxed_unsync());
             r.headers_mut()
                 .insert(header::TRAILER, HeaderValue::from_static("x-checksum"));
             r

@@ -33,10 +33,7 @@ impl Binding {
     /// Whether this binding claims a request to `host` for `path`.
     pub fn matches(&self, host: Option<&str>, path: &str) -> bool {
         self.host.as_deref().is_none_or(|h| host == Some(h))
-            && self
-                .path_prefix
-                .as_deref()
-                .is_none_or(|p| path.starts_with(p))
+            && self.path_prefix.as_deref().is_none_or(|p| path.starts_with(p))
     }
 
     /// Whether some request could match both bindings.

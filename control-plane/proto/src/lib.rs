@@ -14,10 +14,6 @@ pub mod validate;
 
 pub use fleet::{Binding, Fleet, Group, Tenant};
 pub use jurisdiction::Jurisdiction;
-pub use policy::{
-    CompiledPolicy, OriginMatch, Place, Policy, ProviderSet, Rule, UnknownOrigin, Verdict,
-};
-pub use provider::{
-    Coordinates, Endpoint, Protocol, ProviderId, ProviderSpec, ProviderState, Scheme,
-};
+pub use policy::{CompiledPolicy, OriginMatch, Place, Policy, ProviderSet, Rule, UnknownOrigin, Verdict};
+pub use provider::{Coordinates, Endpoint, Protocol, ProviderId, ProviderSpec, ProviderState, Scheme};
 pub use validate::FleetError;

@@ -56,9 +56,7 @@ impl FromStr for Place {
         } else if let Some(p) = s.strip_prefix("provider:").filter(|p| !p.is_empty()) {
             Ok(Place::Provider(ProviderId(p.to_owned())))
         } else {
-            s.parse()
-                .map(Place::Country)
-                .map_err(|_| BadPlace(s.to_owned()))
+            s.parse().map(Place::Country).map_err(|_| BadPlace(s.to_owned()))
         }
     }
 }
@@ -106,9 +104,7 @@ macro_rules! string_serde {
         }
         impl<'de> Deserialize<'de> for $t {
             fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                String::deserialize(d)?
-                    .parse()
-                    .map_err(serde::de::Error::custom)
+                String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
             }
         }
     };
@@ -133,9 +129,7 @@ impl FromStr for UnknownOrigin {
         if s == "deny" {
             return Ok(UnknownOrigin::Deny);
         }
-        s.parse()
-            .map(UnknownOrigin::As)
-            .map_err(|_| BadPlace(s.to_owned()))
+        s.parse().map(UnknownOrigin::As).map_err(|_| BadPlace(s.to_owned()))
     }
 }
 
@@ -202,9 +196,7 @@ impl ProviderSet {
 
     /// Whether provider `i` is in the set.
     pub fn contains(&self, i: usize) -> bool {
-        self.words
-            .get(i / 64)
-            .is_some_and(|w| w & (1 << (i % 64)) != 0)
+        self.words.get(i / 64).is_some_and(|w| w & (1 << (i % 64)) != 0)
     }
 
     /// Whether the set is empty.

@@ -184,10 +184,8 @@ mod tests {
 
     #[test]
     fn spec_defaults_and_rejects_unknown_fields() {
-        let spec: ProviderSpec = toml::from_str(
-            "id = \"a\"\njurisdiction = \"DE\"\n[endpoint]\naddress = \"127.0.0.1:9000\"\n",
-        )
-        .unwrap();
+        let spec: ProviderSpec =
+            toml::from_str("id = \"a\"\njurisdiction = \"DE\"\n[endpoint]\naddress = \"127.0.0.1:9000\"\n").unwrap();
         assert_eq!(spec.protocol, Protocol::Http1);
         assert_eq!(spec.max_connections, 256);
         assert_eq!(spec.state, ProviderState::Active);

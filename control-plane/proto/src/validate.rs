@@ -37,10 +37,7 @@ impl Fleet {
                 );
             }
             if !groups.insert(g.name.as_str()) {
-                return err(
-                    format!("groups[{i}].name"),
-                    format!("duplicate group `{}`", g.name),
-                );
+                return err(format!("groups[{i}].name"), format!("duplicate group `{}`", g.name));
             }
             if g.members.is_empty() {
                 return err(
@@ -67,10 +64,7 @@ impl Fleet {
                 return err(at("endpoint.address"), format!("`{addr}` is not host:port"));
             }
             if p.endpoint.scheme == Scheme::Http && p.endpoint.sni.is_some() {
-                return err(
-                    at("endpoint.sni"),
-                    "only meaningful with scheme = \"https\"",
-                );
+                return err(at("endpoint.sni"), "only meaningful with scheme = \"https\"");
             }
             if p.max_connections == 0 {
                 return err(at("max_connections"), "must be at least 1");
@@ -120,12 +114,8 @@ impl Fleet {
             for (field, places) in [("allow", &r.allow), ("deny", &r.deny)] {
                 for (k, place) in places.iter().enumerate() {
                     let bad = match place {
-                        Place::Group(g) if !groups.contains(g.as_str()) => {
-                            Some(format!("unknown group `{g}`"))
-                        }
-                        Place::Provider(id) if !ids.contains(id.as_str()) => {
-                            Some(format!("unknown provider `{id}`"))
-                        }
+                        Place::Group(g) if !groups.contains(g.as_str()) => Some(format!("unknown group `{g}`")),
+                        Place::Provider(id) if !ids.contains(id.as_str()) => Some(format!("unknown provider `{id}`")),
                         _ => None,
                     };
                     if let Some(message) = bad {
@@ -134,30 +124,23 @@ impl Fleet {
                 }
             }
             if let Some(t) = r.require_tags.iter().position(|t| t.is_empty()) {
-                return err(
-                    format!("policy.rules[{i}].require_tags[{t}]"),
-                    "must not be empty",
-                );
+                return err(format!("policy.rules[{i}].require_tags[{t}]"), "must not be empty");
             }
         }
 
         let mut tenants = HashSet::new();
-        let mut bindings: Vec<(String, &crate::fleet::Binding)> = Vec::new();
+        // Overlaps within one tenant are harmless (same home); across tenants a
+        // request's origin would depend on binding order.
+        let mut bindings: Vec<(usize, String, &crate::fleet::Binding)> = Vec::new();
         for (i, t) in self.tenants.iter().enumerate() {
             if t.id.is_empty() {
                 return err(format!("tenants[{i}].id"), "must not be empty");
             }
             if !tenants.insert(t.id.as_str()) {
-                return err(
-                    format!("tenants[{i}].id"),
-                    format!("duplicate tenant `{}`", t.id),
-                );
+                return err(format!("tenants[{i}].id"), format!("duplicate tenant `{}`", t.id));
             }
             if t.bindings.is_empty() {
-                return err(
-                    format!("tenants[{i}].bindings"),
-                    "a tenant needs at least one binding",
-                );
+                return err(format!("tenants[{i}].bindings"), "a tenant needs at least one binding");
             }
             for (k, b) in t.bindings.iter().enumerate() {
                 let at = format!("tenants[{i}].bindings[{k}]");
@@ -165,14 +148,8 @@ impl Fleet {
                     return err(at, "a binding needs a host, a path_prefix, or both");
                 }
                 if let Some(h) = &b.host {
-                    if h.is_empty()
-                        || h.contains([':', '/', ' '])
-                        || h.bytes().any(|c| c.is_ascii_uppercase())
-                    {
-                        return err(
-                            format!("{at}.host"),
-                            "must be a lower-case host name without port",
-                        );
+                    if h.is_empty() || h.contains([':', '/', ' ']) || h.bytes().any(|c| c.is_ascii_uppercase()) {
+                        return err(format!("{at}.host"), "must be a lower-case host name without port");
                     }
                 }
                 if let Some(p) = &b.path_prefix {
@@ -180,13 +157,10 @@ impl Fleet {
                         return err(format!("{at}.path_prefix"), "must start with `/`");
                     }
                 }
-                if let Some((other, _)) = bindings.iter().find(|(_, o)| o.overlaps(b)) {
-                    return err(
-                        at,
-                        format!("overlaps {other}: a request could belong to both"),
-                    );
+                if let Some((_, other, _)) = bindings.iter().find(|(owner, _, o)| *owner != i && o.overlaps(b)) {
+                    return err(at, format!("overlaps {other}: a request could belong to both tenants"));
                 }
-                bindings.push((format!("tenants[{i}].bindings[{k}] ({})", t.id), b));
+                bindings.push((i, format!("tenants[{i}].bindings[{k}] ({})", t.id), b));
             }
         }
         Ok(())

@@ -4,13 +4,14 @@ const MIN: &str = r#"
 [listeners]
 http = "127.0.0.1:8080"
 
-[[providers]]
+[[fleet.providers]]
 id = "a"
-[providers.endpoint]
+jurisdiction = "DE"
+[fleet.providers.endpoint]
 address = "127.0.0.1:9000"
 
-[routing]
-default_provider = "a"
+[fleet.policy]
+rules = [{ name = "any", origin = "*", allow = ["*"] }]
 "#;
 
 fn parse(src: &str) -> Result<EdgeConfig, ConfigError> {
@@ -19,9 +20,7 @@ fn parse(src: &str) -> Result<EdgeConfig, ConfigError> {
 
 fn invalid(src: &str) -> (usize, String, String) {
     match parse(src) {
-        Err(ConfigError::Invalid {
-            line, key, message, ..
-        }) => (line, key, message),
+        Err(ConfigError::Invalid { line, key, message, .. }) => (line, key, message),
         other => panic!("expected an error, got {other:?}"),
     }
 }
@@ -33,7 +32,9 @@ fn minimal_config_gets_sane_defaults() {
     assert_eq!(c.limits.header_read_timeout.0, Duration::from_secs(10));
     assert_eq!(c.upstream.connect_timeout.0, Duration::from_secs(3));
     assert_eq!(c.forwarding.via, "meridian");
-    assert_eq!(c.routing.default_provider.as_str(), "a");
+    assert_eq!(c.fleet.providers[0].id.as_str(), "a");
+    assert_eq!(c.origin.header, "x-meridian-residency");
+    assert!(c.log.access);
 }
 
 #[test]
@@ -52,34 +53,49 @@ fn unknown_keys_are_refused_with_their_path() {
     let (line, key, msg) = invalid(&src);
     assert_eq!(key, "limits.max_conections", "{msg}");
     assert!(msg.contains("unknown field"), "{msg}");
-    assert_eq!(line, 14);
+    assert_eq!(line, 15);
 }
 
 #[test]
 fn bad_durations_name_the_key() {
     let src = format!("{MIN}\n[upstream]\nconnect_timeout = \"3 parsecs\"\n");
     let (line, key, msg) = invalid(&src);
-    assert_eq!((line, key.as_str()), (14, "upstream.connect_timeout"));
+    assert_eq!((line, key.as_str()), (15, "upstream.connect_timeout"));
     assert!(msg.contains("duration") || msg.contains("unit"), "{msg}");
 }
 
 #[test]
-fn unknown_provider_in_routing_is_refused() {
-    let src = MIN.replace("default_provider = \"a\"", "default_provider = \"b\"");
+fn fleet_errors_are_checked_by_the_shared_validation_with_key_and_line() {
+    let src = MIN.replace(r#"allow = ["*"] }]"#, r#"allow = ["provider:b"] }]"#);
     let (line, key, msg) = invalid(&src);
-    assert_eq!((line, key.as_str()), (11, "routing.default_provider"));
+    assert_eq!((line, key.as_str()), (12, "fleet.policy.rules[0].allow[0]"));
     assert!(msg.contains("unknown provider `b`"), "{msg}");
+
+    let src = MIN.replace(
+        "[fleet.policy]",
+        "[[fleet.providers]]\nid = \"a\"\njurisdiction = \"FR\"\n[fleet.providers.endpoint]\naddress = \"127.0.0.1:9001\"\n\n[fleet.policy]",
+    );
+    let (line, key, msg) = invalid(&src);
+    assert_eq!((line, key.as_str()), (12, "fleet.providers[1].id"));
+    assert!(msg.contains("duplicate"), "{msg}");
+
+    let src = MIN.replace("jurisdiction = \"DE\"", "jurisdiction = \"UK\"");
+    let (line, key, msg) = invalid(&src);
+    assert_eq!((line, key.as_str()), (7, "fleet.providers[0].jurisdiction"));
+    assert!(msg.contains("ISO 3166"), "{msg}");
 }
 
 #[test]
-fn duplicate_provider_ids_are_refused() {
-    let src = MIN.replace(
-        "[routing]",
-        "[[providers]]\nid = \"a\"\n[providers.endpoint]\naddress = \"127.0.0.1:9001\"\n\n[routing]",
-    );
-    let (_, key, msg) = invalid(&src);
-    assert_eq!(key, "providers[1].id");
-    assert!(msg.contains("duplicate"), "{msg}");
+fn origin_settings_are_checked() {
+    let src = format!("{MIN}\n[origin]\norder = [\"tenant\", \"tenant\"]\n");
+    let (_, key, _) = invalid(&src);
+    assert_eq!(key, "origin.order");
+    let src = format!("{MIN}\n[origin]\nheader = \"bad header\"\n");
+    let (line, key, _) = invalid(&src);
+    assert_eq!((line, key.as_str()), (15, "origin.header"));
+    let src = format!("{MIN}\n[origin]\norder = [\"geoip\"]\n");
+    let (_, key, _) = invalid(&src);
+    assert_eq!(key, "origin.order[0]");
 }
 
 #[test]
@@ -95,7 +111,7 @@ fn missing_certificate_files_are_named() {
         "{MIN}\n[tls]\n[[tls.certificates]]\nname = \"x\"\nserver_names = [\"x.test\"]\ncert = \"x.crt\"\nkey = \"x.key\"\n"
     );
     let (line, key, msg) = invalid(&src);
-    assert_eq!((line, key.as_str()), (17, "tls.certificates[0].cert"));
+    assert_eq!((line, key.as_str()), (18, "tls.certificates[0].cert"));
     assert!(msg.contains("x.crt"), "{msg}");
 }
 
@@ -124,10 +140,6 @@ fn example_config_in_deploy_is_valid() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/edge.example.toml");
     let src = std::fs::read_to_string(&path).unwrap();
     // Certificates are referenced relative to the file; check everything else.
-    let without_tls = src
-        .split("\n[tls]")
-        .next()
-        .unwrap()
-        .replace("https = ", "# https = ");
+    let without_tls = src.split("\n[tls]").next().unwrap().replace("https = ", "# https = ");
     EdgeConfig::parse(&without_tls, "edge.example.toml", path.parent().unwrap()).unwrap();
 }

@@ -25,7 +25,7 @@ use hyper::client::conn::http1;
 use tokio::sync::{Notify, OwnedSemaphorePermit};
 use tokio::time::Instant;
 
-use super::{Connector, UpstreamError, UpstreamIo, error_chain};
+use super::{Connector, SendFailure, UpstreamError, UpstreamIo, error_chain};
 use crate::body::ProxyBody;
 
 type Conn = Pin<Box<http1::Connection<UpstreamIo, ProxyBody>>>;
@@ -78,28 +78,29 @@ impl InlinePool {
 
     /// Sends `req` and returns the response once its head arrived; the body drives
     /// the connection from then on.
-    pub(crate) async fn send(
-        self: &Arc<Self>,
-        req: Request<ProxyBody>,
-    ) -> Result<Response<InlineBody>, UpstreamError> {
-        let (mut live, reused) = self.acquire().await?;
+    pub(crate) async fn send(self: &Arc<Self>, req: Request<ProxyBody>) -> Result<Response<InlineBody>, SendFailure> {
+        let unsent = |error, req| SendFailure {
+            error,
+            unsent: Some(req),
+        };
+        let (mut live, reused) = match self.acquire().await {
+            Ok(x) => x,
+            Err(e) => return Err(unsent(e, req)),
+        };
         let req = match drive(&mut live, req).await {
-            Attempt::Done(r) => return r.map(|resp| self.wrap(resp, live)),
+            Attempt::Done(r) => return r.map(|resp| self.wrap(resp, live)).map_err(SendFailure::from),
             Attempt::NotSent(req) if reused => req,
-            Attempt::NotSent(_) => {
-                return Err(UpstreamError::Exchange(
-                    "connection closed before the request was sent".into(),
-                ));
-            }
+            Attempt::NotSent(req) => return Err(unsent(closed(), req)),
         };
         // The pooled connection had been closed by the provider: nothing was sent,
         // so one retry is safe for any method.
-        let (mut live, _) = self.acquire().await?;
+        let (mut live, _) = match self.acquire().await {
+            Ok(x) => x,
+            Err(e) => return Err(unsent(e, req)),
+        };
         match drive(&mut live, req).await {
-            Attempt::Done(r) => r.map(|resp| self.wrap(resp, live)),
-            Attempt::NotSent(_) => Err(UpstreamError::Exchange(
-                "connection closed before the request was sent".into(),
-            )),
+            Attempt::Done(r) => r.map(|resp| self.wrap(resp, live)).map_err(SendFailure::from),
+            Attempt::NotSent(req) => Err(unsent(closed(), req)),
         }
     }
 
@@ -179,6 +180,10 @@ impl InlinePool {
     }
 }
 
+fn closed() -> UpstreamError {
+    UpstreamError::Exchange("connection closed before the request was sent".into())
+}
+
 /// Polls the connection alongside the response future until the head arrives.
 async fn drive(live: &mut Live, req: Request<ProxyBody>) -> Attempt {
     let mut resp = std::pin::pin!(live.send.try_send_request(req));
@@ -237,10 +242,7 @@ impl Body for InlineBody {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = &mut *self;
         if let Some(live) = this.live.as_mut() {
             if live.conn.as_mut().poll(cx).is_ready() {

@@ -30,6 +30,7 @@ pub async fn provider(name: &str) -> SimProvider {
         addr: "127.0.0.1:0".parse().unwrap(),
         storage: Storage::Memory,
         tls: None,
+        objects: None,
     })
     .await
     .unwrap()
@@ -70,7 +71,7 @@ pub fn config_toml(provider: SocketAddr, https: bool, extra: &str) -> String {
         s.push_str("https = \"127.0.0.1:0\"\n");
     }
     s.push_str(&format!(
-        "\n[[providers]]\nid = \"p1\"\n[providers.endpoint]\naddress = \"{provider}\"\n\n[routing]\ndefault_provider = \"p1\"\n\n"
+        "\n[[fleet.providers]]\nid = \"p1\"\njurisdiction = \"DE\"\n[fleet.providers.endpoint]\naddress = \"{provider}\"\n\n[fleet.policy]\nunknown_origin = \"DE\"\nrules = [{{ name = \"any\", origin = \"*\", allow = [\"*\"] }}]\n\n"
     ));
     s.push_str(extra);
     s
@@ -92,9 +93,7 @@ pub async fn h1_on<I>(io: I) -> hyper::client::conn::http1::SendRequest<Body>
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
-        .await
-        .unwrap();
+    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await.unwrap();
     tokio::spawn(conn);
     send
 }
@@ -105,22 +104,15 @@ pub async fn get_on(
     host: &str,
     path: &str,
 ) -> Response<Incoming> {
-    send.send_request(
-        Request::get(path)
-            .header("host", host)
-            .body(Body::default())
-            .unwrap(),
-    )
-    .await
-    .unwrap()
+    send.send_request(Request::get(path).header("host", host).body(Body::default()).unwrap())
+        .await
+        .unwrap()
 }
 
 /// The status of `GET path` on the admin listener, if it answers at all.
 pub async fn admin_status(admin: SocketAddr, path: &str) -> Option<u16> {
     let tcp = TcpStream::connect(admin).await.ok()?;
-    let (mut s, c) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-        .await
-        .ok()?;
+    let (mut s, c) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.ok()?;
     tokio::spawn(c);
     let r = s
         .send_request(Request::get(path).body(Body::default()).unwrap())
@@ -137,15 +129,7 @@ pub async fn get(addr: SocketAddr, host: &str, path: &str) -> Response<Incoming>
 
 /// Collects a body (small test bodies only).
 pub async fn text(resp: Response<Incoming>) -> String {
-    String::from_utf8(
-        resp.into_body()
-            .collect()
-            .await
-            .unwrap()
-            .to_bytes()
-            .to_vec(),
-    )
-    .unwrap()
+    String::from_utf8(resp.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap()
 }
 
 /// The `/_sim/echo` document for a response.
@@ -209,13 +193,11 @@ pub fn client_tls(
     for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
         roots.add(c.unwrap()).unwrap();
     }
-    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_protocol_versions(versions)
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_protocol_versions(versions)
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
     cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Arc::new(cfg)
 }
@@ -228,24 +210,17 @@ pub async fn tls(
 ) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
     let tcp = TcpStream::connect(addr).await?;
     let name = ServerName::try_from(sni.to_owned()).unwrap();
-    tokio_rustls::TlsConnector::from(cfg)
-        .connect(name, tcp)
-        .await
+    tokio_rustls::TlsConnector::from(cfg).connect(name, tcp).await
 }
 
 /// An HTTP/2 connection over TLS.
-pub async fn h2_tls(
-    addr: SocketAddr,
-    sni: &str,
-    ca_pem: &str,
-) -> hyper::client::conn::http2::SendRequest<Body> {
+pub async fn h2_tls(addr: SocketAddr, sni: &str, ca_pem: &str) -> hyper::client::conn::http2::SendRequest<Body> {
     let cfg = client_tls(ca_pem, &[b"h2"], rustls::ALL_VERSIONS);
     let stream = tls(addr, sni, cfg).await.unwrap();
     assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
-    let (send, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .unwrap();
+    let (send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+        .await
+        .unwrap();
     tokio::spawn(conn);
     send
 }
@@ -392,12 +367,7 @@ impl rustls::client::danger::ServerCertVerifier for SeenCert {
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
     fn verify_tls13_signature(
@@ -406,18 +376,11 @@ impl rustls::client::danger::ServerCertVerifier for SeenCert {
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.provider.signature_verification_algorithms.supported_schemes()
     }
 }
 

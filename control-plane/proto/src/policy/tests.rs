@@ -76,10 +76,7 @@ pub(crate) fn demo() -> Fleet {
 
 fn ids(fleet: &Fleet, v: Verdict<'_>) -> Vec<String> {
     match v {
-        Verdict::Allowed { providers, .. } => providers
-            .iter()
-            .map(|i| fleet.providers[i].id.to_string())
-            .collect(),
+        Verdict::Allowed { providers, .. } => providers.iter().map(|i| fleet.providers[i].id.to_string()).collect(),
         Verdict::Denied => vec!["DENIED".into()],
     }
 }
@@ -112,13 +109,7 @@ fn unknown_origin_can_stand_in_for_a_jurisdiction() {
 #[test]
 fn no_matching_rule_is_a_denial_and_tags_are_required() {
     let mut f = demo();
-    f.policy.rules = vec![rule(
-        "eu-offshore",
-        "group:EU",
-        &["group:EU"],
-        &[],
-        &["keys-offshore"],
-    )];
+    f.policy.rules = vec![rule("eu-offshore", "group:EU", &["group:EU"], &[], &["keys-offshore"])];
     let p = CompiledPolicy::compile(&f);
     assert_eq!(ids(&f, p.evaluate(Some(j("DE")))), ["fr-1"]);
     assert_eq!(ids(&f, p.evaluate(Some(j("US")))), ["DENIED"]);
@@ -132,35 +123,23 @@ fn places_and_origins_parse_and_print() {
     assert!("provider:x".parse::<OriginMatch>().is_err());
     assert!("UK".parse::<Place>().is_err());
     assert!("group:".parse::<Place>().is_err());
-    assert_eq!(
-        "deny".parse::<UnknownOrigin>().unwrap(),
-        UnknownOrigin::Deny
-    );
-    assert_eq!(
-        "US".parse::<UnknownOrigin>().unwrap(),
-        UnknownOrigin::As(j("US"))
-    );
+    assert_eq!("deny".parse::<UnknownOrigin>().unwrap(), UnknownOrigin::Deny);
+    assert_eq!("US".parse::<UnknownOrigin>().unwrap(), UnknownOrigin::As(j("US")));
 }
 
 #[test]
 fn validation_names_the_offending_field() {
-    let cases: Vec<(Box<dyn Fn(&mut Fleet)>, &str)> = vec![
+    type Mutation = Box<dyn Fn(&mut Fleet)>;
+    let cases: Vec<(Mutation, &str)> = vec![
         (
             Box::new(|f| f.policy.rules[1].origin = "group:EEA".parse().unwrap()),
             "policy.rules[1].origin",
         ),
         (
-            Box::new(|f| {
-                f.policy.rules[2]
-                    .deny
-                    .push("provider:nope".parse().unwrap())
-            }),
+            Box::new(|f| f.policy.rules[2].deny.push("provider:nope".parse().unwrap())),
             "policy.rules[2].deny[1]",
         ),
-        (
-            Box::new(|f| f.policy.rules[0].allow.clear()),
-            "policy.rules[0].allow",
-        ),
+        (Box::new(|f| f.policy.rules[0].allow.clear()), "policy.rules[0].allow"),
         (Box::new(|f| f.policy.rules.clear()), "policy.rules"),
         (
             Box::new(|f| f.policy.rules[2].name = "cn-in-cn".into()),
@@ -174,10 +153,7 @@ fn validation_names_the_offending_field() {
             Box::new(|f| f.providers[0].endpoint.address = "nohost".into()),
             "providers[0].endpoint.address",
         ),
-        (
-            Box::new(|f| f.groups[0].members.clear()),
-            "groups[0].members",
-        ),
+        (Box::new(|f| f.groups[0].members.clear()), "groups[0].members"),
         (
             Box::new(|f| {
                 f.tenants.push(Tenant {
@@ -264,14 +240,7 @@ fn arb_fleet() -> impl Strategy<Value = Fleet> {
         f.providers = ps
             .into_iter()
             .enumerate()
-            .map(|(i, (c, tagged, state))| {
-                provider(
-                    &format!("p{i}"),
-                    c,
-                    if tagged { &["t"] } else { &[] },
-                    state,
-                )
-            })
+            .map(|(i, (c, tagged, state))| provider(&format!("p{i}"), c, if tagged { &["t"] } else { &[] }, state))
             .collect();
         f.groups[0].members = vec![j("DE"), j("FR")];
         f.policy.rules = rs
@@ -299,11 +268,7 @@ fn reference(f: &Fleet, origin: Option<Jurisdiction>) -> Option<Vec<usize>> {
         UnknownOrigin::As(j) => Some(j),
         UnknownOrigin::Deny => None,
     })?;
-    let in_group = |g: &str, c: Jurisdiction| {
-        f.groups
-            .iter()
-            .any(|x| x.name == g && x.members.contains(&c))
-    };
+    let in_group = |g: &str, c: Jurisdiction| f.groups.iter().any(|x| x.name == g && x.members.contains(&c));
     let has = |pl: &Place, p: &ProviderSpec| match pl {
         Place::Any => true,
         Place::Country(c) => p.jurisdiction == *c,

@@ -1,0 +1,240 @@
+//! Selection: among the providers the policy allows, the one that should finish this
+//! request soonest, estimated as `rtt + expected_bytes / bandwidth`, penalised by
+//! load and recent failures; power-of-two choices among the near-best so that edges
+//! acting on the same estimates do not all herd onto one provider.
+//!
+//! Plain code over per-provider estimates: every entry point takes `now`, so it is
+//! tested without sockets or sleeps. It only ever chooses from the candidates it is
+//! given, and answers `None` (fail closed) when none is usable.
+
+use std::cell::Cell;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+mod estimator;
+
+pub use estimator::{Ewma, PeakEwma};
+
+/// Consecutive failures that eject a provider.
+const EJECT_AFTER: u32 = 5;
+/// First ejection; doubles with each further one.
+const EJECT_BASE: Duration = Duration::from_secs(10);
+/// Longest ejection.
+const EJECT_MAX: Duration = Duration::from_secs(300);
+/// After an ejection a provider's cost starts high and falls to normal over this.
+const SLOW_START: Duration = Duration::from_secs(30);
+/// Candidates within this factor of the best cost are "near-best".
+const NEAR_BEST: f64 = 1.25;
+/// Bandwidth assumed before the first measurement, bytes/s.
+const DEFAULT_BANDWIDTH: f64 = 100e6;
+
+#[derive(Debug)]
+struct Health {
+    rtt: PeakEwma,
+    bandwidth: Ewma,
+    failures: u32,
+    ejections: u32,
+    ejected_until: Option<Instant>,
+    returned_at: Option<Instant>,
+}
+
+/// What one edge knows about one provider right now. Shared by all workers and kept
+/// across config reloads.
+#[derive(Debug)]
+pub struct ProviderStats {
+    inflight: AtomicU32,
+    // One short critical section per sample or per cost; never held across await.
+    health: Mutex<Health>,
+}
+
+impl Default for ProviderStats {
+    fn default() -> Self {
+        ProviderStats {
+            inflight: AtomicU32::new(0),
+            health: Mutex::new(Health {
+                rtt: PeakEwma::new(Duration::from_secs(10)),
+                bandwidth: Ewma::new(Duration::from_secs(60)),
+                failures: 0,
+                ejections: 0,
+                ejected_until: None,
+                returned_at: None,
+            }),
+        }
+    }
+}
+
+impl ProviderStats {
+    /// A request started; the guard ends it.
+    pub fn begin(self: &std::sync::Arc<Self>) -> InflightToken {
+        self.inflight.fetch_add(1, Ordering::Relaxed);
+        InflightToken(self.clone())
+    }
+
+    /// Requests in flight.
+    pub fn inflight(&self) -> u32 {
+        self.inflight.load(Ordering::Relaxed)
+    }
+
+    /// A round-trip sample (probe or time to first byte).
+    pub fn observe_rtt(&self, rtt: Duration, now: Instant) {
+        if let Ok(mut h) = self.health.lock() {
+            h.rtt.observe(rtt.as_secs_f64(), now);
+        }
+    }
+
+    /// A throughput sample: `bytes` moved in `elapsed`.
+    pub fn observe_transfer(&self, bytes: u64, elapsed: Duration, now: Instant) {
+        if elapsed.is_zero() {
+            return;
+        }
+        if let Ok(mut h) = self.health.lock() {
+            h.bandwidth.observe(bytes as f64 / elapsed.as_secs_f64(), now);
+        }
+    }
+
+    /// The provider answered (a response head arrived and was not a 5xx).
+    pub fn observe_success(&self) {
+        if let Ok(mut h) = self.health.lock() {
+            h.failures = 0;
+        }
+    }
+
+    /// The provider failed a request (connect failure, timeout, 5xx). Enough in a row
+    /// eject it, for longer each time.
+    pub fn observe_failure(&self, now: Instant) {
+        if let Ok(mut h) = self.health.lock() {
+            h.failures += 1;
+            if h.failures >= EJECT_AFTER {
+                let factor = 1u32 << h.ejections.min(16);
+                let length = EJECT_BASE.saturating_mul(factor).min(EJECT_MAX);
+                h.ejected_until = Some(now + length);
+                h.returned_at = Some(now + length);
+                h.ejections += 1;
+                h.failures = 0;
+            }
+        }
+    }
+
+    /// Whether the provider is ejected at `now`.
+    pub fn is_ejected(&self, now: Instant) -> bool {
+        self.health
+            .lock()
+            .map(|h| h.ejected_until.is_some_and(|t| now < t))
+            .unwrap_or(false)
+    }
+
+    /// Estimated seconds to complete a request moving `bytes`, with load and
+    /// slow-start penalties; `None` while ejected.
+    pub fn cost(&self, bytes: u64, now: Instant) -> Option<f64> {
+        let h = self.health.lock().ok()?;
+        if h.ejected_until.is_some_and(|t| now < t) {
+            return None;
+        }
+        let rtt = h.rtt.get().unwrap_or(0.0);
+        let bandwidth = h.bandwidth.get().unwrap_or(DEFAULT_BANDWIDTH).max(1.0);
+        let mut cost = rtt + bytes as f64 / bandwidth;
+        cost *= 1.0 + f64::from(self.inflight());
+        if let Some(back) = h.returned_at {
+            let since = now.saturating_duration_since(back);
+            if since < SLOW_START {
+                cost *= 1.0 + 4.0 * (1.0 - since.as_secs_f64() / SLOW_START.as_secs_f64());
+            }
+        }
+        // Zero-cost (never measured) providers still need an order among themselves.
+        Some(cost.max(1e-9))
+    }
+
+    /// The current RTT and bandwidth estimates, for explanations and metrics.
+    pub fn estimates(&self) -> (Option<f64>, Option<f64>) {
+        self.health
+            .lock()
+            .map(|h| (h.rtt.get(), h.bandwidth.get()))
+            .unwrap_or((None, None))
+    }
+}
+
+/// Marks one request in flight to a provider until dropped.
+#[derive(Debug)]
+pub struct InflightToken(std::sync::Arc<ProviderStats>);
+
+impl Drop for InflightToken {
+    fn drop(&mut self) {
+        self.0.inflight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A candidate: its index in the fleet and its cost now (`None`: not usable).
+pub type Candidate = (usize, Option<f64>);
+
+/// Why a provider was chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// The only usable candidate.
+    Only,
+    /// The lower-cost of two random near-best candidates.
+    PowerOfTwo,
+}
+
+impl Reason {
+    /// Short text for explanations and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Only => "only usable candidate",
+            Reason::PowerOfTwo => "lower cost of two near-best",
+        }
+    }
+}
+
+/// Chooses among candidates: the lower cost of two random picks among those within
+/// `NEAR_BEST` of the best. Allocation-free; `random` yields uniform `u64`s.
+pub fn choose(candidates: &[Candidate], mut random: impl FnMut() -> u64) -> Option<(usize, Reason)> {
+    let best = candidates.iter().filter_map(|c| c.1).fold(f64::INFINITY, f64::min);
+    if !best.is_finite() {
+        return None;
+    }
+    let near = |c: &&Candidate| c.1.is_some_and(|cost| cost <= best * NEAR_BEST);
+    let k = candidates.iter().filter(near).count();
+    if k == 1 {
+        return candidates.iter().find(near).map(|c| (c.0, Reason::Only));
+    }
+    let a = (random() % k as u64) as usize;
+    let mut b = (random() % (k as u64 - 1)) as usize;
+    if b >= a {
+        b += 1;
+    }
+    let pick = |n: usize| candidates.iter().filter(near).nth(n);
+    let (x, y) = (pick(a)?, pick(b)?);
+    let winner = if x.1 <= y.1 { x } else { y };
+    Some((winner.0, Reason::PowerOfTwo))
+}
+
+thread_local! {
+    static RNG: Cell<u64> = Cell::new(seed());
+}
+
+fn seed() -> u64 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let local = 0u8;
+    (t ^ (&local as *const u8 as u64).rotate_left(32)) | 1
+}
+
+/// A fast per-thread random number (xorshift64*): good enough to spread load, not
+/// for anything secret.
+pub fn random() -> u64 {
+    RNG.with(|r| {
+        let mut x = r.get();
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        r.set(x);
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    })
+}
+
+#[cfg(test)]
+mod tests;

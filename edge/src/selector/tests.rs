@@ -1,0 +1,101 @@
+use std::sync::Arc;
+
+use proptest::prelude::*;
+
+use super::*;
+
+#[tokio::test(start_paused = true)]
+async fn peak_ewma_jumps_to_peaks_and_decays_slowly() {
+    let mut e = PeakEwma::new(Duration::from_secs(10));
+    let t0 = Instant::now();
+    e.observe(0.010, t0);
+    e.observe(0.200, t0 + Duration::from_secs(1));
+    assert_eq!(e.get(), Some(0.200), "a peak is taken at once");
+    e.observe(0.010, t0 + Duration::from_secs(2));
+    let v = e.get().unwrap();
+    assert!(v > 0.15, "one low sample a second later barely moves it: {v}");
+    for s in 3..120 {
+        e.observe(0.010, t0 + Duration::from_secs(s));
+    }
+    let v = e.get().unwrap();
+    assert!((v - 0.010).abs() < 0.001, "but it does come back: {v}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn five_failures_eject_with_growing_backoff_and_slow_start() {
+    let s = Arc::new(ProviderStats::default());
+    let t0 = Instant::now();
+    s.observe_rtt(Duration::from_millis(10), t0);
+    let normal = s.cost(0, t0).unwrap();
+    for _ in 0..4 {
+        s.observe_failure(t0);
+    }
+    assert!(!s.is_ejected(t0));
+    s.observe_failure(t0);
+    assert!(s.is_ejected(t0));
+    assert_eq!(s.cost(0, t0), None);
+    let back = t0 + EJECT_BASE;
+    assert!(!s.is_ejected(back));
+    assert!(s.cost(0, back).unwrap() > 4.0 * normal, "returns slowly");
+    assert!((s.cost(0, back + SLOW_START).unwrap() - normal).abs() < 1e-9);
+    for _ in 0..5 {
+        s.observe_failure(back);
+    }
+    assert!(s.is_ejected(back + EJECT_BASE), "second ejection lasts twice as long");
+    assert!(!s.is_ejected(back + EJECT_BASE * 2));
+}
+
+#[tokio::test(start_paused = true)]
+async fn cost_weighs_rtt_against_bandwidth_by_size_and_load() {
+    let now = Instant::now();
+    let near = Arc::new(ProviderStats::default());
+    near.observe_rtt(Duration::from_millis(5), now);
+    near.observe_transfer(10_000_000, Duration::from_secs(1), now); // 10 MB/s
+    let far = Arc::new(ProviderStats::default());
+    far.observe_rtt(Duration::from_millis(50), now);
+    far.observe_transfer(100_000_000, Duration::from_secs(1), now); // 100 MB/s
+    assert!(near.cost(1024, now) < far.cost(1024, now), "small objects follow RTT");
+    assert!(
+        near.cost(100 << 20, now) > far.cost(100 << 20, now),
+        "large ones follow bandwidth"
+    );
+    let before = near.cost(1024, now).unwrap();
+    let _t = near.begin();
+    assert!(near.cost(1024, now).unwrap() > 1.5 * before, "in-flight load costs");
+}
+
+#[test]
+fn choose_picks_among_near_best_only() {
+    let cands = [(0, Some(1.0)), (1, Some(1.1)), (2, Some(5.0)), (3, None)];
+    for _ in 0..200 {
+        let (i, reason) = choose(&cands, random).unwrap();
+        assert!(i == 0 || i == 1, "{i}");
+        assert_eq!(reason, Reason::PowerOfTwo);
+    }
+    assert_eq!(choose(&[(7, Some(2.0)), (8, None)], random), Some((7, Reason::Only)));
+    assert_eq!(choose(&[(7, None)], random), None);
+    assert_eq!(choose(&[], random), None);
+}
+
+#[test]
+fn power_of_two_spreads_load_over_equal_candidates() {
+    let cands = [(0, Some(1.0)), (1, Some(1.0)), (2, Some(1.0))];
+    let mut counts = [0; 3];
+    for _ in 0..3000 {
+        counts[choose(&cands, random).unwrap().0] += 1;
+    }
+    assert!(counts.iter().all(|&c| c > 500), "{counts:?}");
+}
+
+proptest! {
+    #[test]
+    fn choice_is_always_a_usable_candidate(costs in prop::collection::vec(prop::option::of(0.0001f64..10.0), 0..20), seed in any::<u64>()) {
+        let cands: Vec<Candidate> = costs.iter().copied().enumerate().collect();
+        let mut x = seed | 1;
+        let rng = move || { x ^= x << 13; x ^= x >> 7; x ^= x << 17; x };
+        match choose(&cands, rng) {
+            Some((i, _)) => prop_assert!(cands[i].1.is_some()),
+            None => prop_assert!(cands.iter().all(|c| c.1.is_none())),
+        }
+    }
+}
