@@ -1,0 +1,272 @@
+//! Residency routing over real sockets: fail-closed answers, failover that never
+//! leaves the allowed set, untrusted residency claims, explanations, and convergence
+//! on the fastest compliant provider behind real network delay (a userspace relay on
+//! loopback; see ../shared/stack.md: this kernel has no netem).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A fleet: `(id, jurisdiction, address)` providers, tenant `cn.test` -> CN, CN data
+/// only in CN, everything else anywhere but CN.
+fn fleet_toml(providers: &[(&str, &str, SocketAddr)], extra: &str) -> String {
+    let mut s = String::from("[listeners]\nhttp = \"127.0.0.1:0\"\n[runtime]\nworkers = 1\n");
+    s.push_str(extra);
+    s.push_str(
+        "\n[fleet.policy]\nunknown_origin = \"deny\"\n\
+         [[fleet.policy.rules]]\nname = \"cn-in-cn\"\norigin = \"CN\"\nallow = [\"CN\"]\n\
+         [[fleet.policy.rules]]\nname = \"rest-not-cn\"\norigin = \"*\"\nallow = [\"*\"]\ndeny = [\"CN\"]\n\
+         [[fleet.tenants]]\nid = \"cn\"\nhome = \"CN\"\nbindings = [{ host = \"cn.test\" }]\n",
+    );
+    for (id, j, addr) in providers {
+        s.push_str(&format!(
+            "[[fleet.providers]]\nid = \"{id}\"\njurisdiction = \"{j}\"\n[fleet.providers.endpoint]\naddress = \"{addr}\"\n"
+        ));
+    }
+    s
+}
+
+async fn status_and_text(
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, http::HeaderMap, String) {
+    let mut s = h1(addr).await;
+    let mut req = http::Request::get(path).header("host", host);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let r = s.send_request(req.body(Body::default()).unwrap()).await.unwrap();
+    let status = r.status().as_u16();
+    let h = r.headers().clone();
+    (status, h, text(r).await)
+}
+
+#[tokio::test]
+async fn fails_closed_when_every_compliant_provider_is_down_while_a_non_compliant_one_is_up() {
+    let us = provider("us-1").await;
+    let (cn1, cn2) = (free_port(), free_port());
+    let toml = fleet_toml(
+        &[("cn-1", "CN", cn1), ("cn-2", "CN", cn2), ("us-1", "US", us.addr)],
+        "[origin]\ndefault = \"US\"\n",
+    );
+    let e = edge(&toml, Path::new(".")).await;
+    let addr = e.http_addr.unwrap();
+
+    // Failures eject the CN providers one after another; until then each request is
+    // answered 502 (the provider failed) and afterwards 503 (none available). Never
+    // does CN data reach the US provider.
+    let mut saw_503 = None;
+    for _ in 0..30 {
+        let (status, headers, body) = status_and_text(addr, "cn.test", "/obj", &[]).await;
+        assert!(status == 502 || status == 503, "{status} {body}");
+        if status == 503 {
+            saw_503 = Some((headers, body));
+            break;
+        }
+    }
+    let (headers, body) = saw_503.expect("ejected providers must turn into 503");
+    assert_eq!(headers["retry-after"], "5");
+    let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(doc["error"], "no_compliant_provider");
+    assert_eq!(doc["origin"], "CN");
+    assert!(doc["reason"].as_str().unwrap().contains("2 allowed providers"), "{doc}");
+    assert_eq!(us.requests(), 0, "CN data went to the US");
+
+    // Non-CN data is still served.
+    let (status, _, _) = status_and_text(addr, "other.test", "/_sim/echo", &[]).await;
+    assert_eq!(status, 200);
+    assert_eq!(us.requests(), 1);
+}
+
+#[tokio::test]
+async fn an_origin_the_policy_allows_nowhere_gets_451() {
+    let us = provider("us-1").await;
+    // No default origin and unknown origins denied.
+    let toml = fleet_toml(&[("us-1", "US", us.addr)], "[origin]\norder = [\"tenant\"]\n");
+    let e = edge(&toml, Path::new(".")).await;
+    let (status, _, body) = status_and_text(e.http_addr.unwrap(), "unbound.test", "/x", &[]).await;
+    assert_eq!(status, 451, "{body}");
+    let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(doc["error"], "residency_denied");
+    assert_eq!(doc["origin"], "unknown");
+
+    // CN data with no CN provider at all: allowed nowhere, also 451.
+    let (status, _, body) = status_and_text(e.http_addr.unwrap(), "cn.test", "/x", &[]).await;
+    assert_eq!(status, 451, "{body}");
+    assert!(body.contains("\"origin\":\"CN\""), "{body}");
+    assert_eq!(us.requests(), 0);
+}
+
+#[tokio::test]
+async fn failover_after_a_connect_failure_stays_inside_the_allowed_set() {
+    let cn2 = provider("cn-2").await;
+    let us = provider("us-1").await;
+    let toml = fleet_toml(
+        &[
+            ("cn-1", "CN", free_port()),
+            ("cn-2", "CN", cn2.addr),
+            ("us-1", "US", us.addr),
+        ],
+        "",
+    );
+    let e = edge(&toml, Path::new(".")).await;
+    for _ in 0..20 {
+        let (status, headers, body) = status_and_text(e.http_addr.unwrap(), "cn.test", "/_sim/echo", &[]).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(headers["x-sim-provider"], "cn-2");
+    }
+    assert_eq!(us.requests(), 0);
+}
+
+#[tokio::test]
+async fn a_residency_header_counts_only_from_trusted_hops_and_is_never_forwarded() {
+    let cn = provider("cn-1").await;
+    let us = provider("us-1").await;
+    let providers = [("cn-1", "CN", cn.addr), ("us-1", "US", us.addr)];
+    let spoof = [("x-meridian-residency", "CN"), ("x-meridian-explain", "1")];
+
+    // Untrusted peer: the claim is ignored (origin falls to the default) and stripped.
+    let e = edge(&fleet_toml(&providers, "[origin]\ndefault = \"US\"\n"), Path::new(".")).await;
+    let (status, headers, body) = status_and_text(e.http_addr.unwrap(), "x", "/_sim/echo", &spoof).await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["x-sim-provider"], "us-1");
+    assert!(
+        headers.get("x-meridian-route").is_none(),
+        "explanations are for trusted peers only"
+    );
+    let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(echoed(&doc, "x-meridian-residency").is_empty());
+    assert!(echoed(&doc, "x-meridian-explain").is_empty());
+
+    // Trusted peer: the claim decides, and the decision is explained.
+    let trusted = "[origin]\ndefault = \"US\"\n[forwarding]\ntrusted_hops = [\"127.0.0.0/8\"]\n";
+    let e = edge(&fleet_toml(&providers, trusted), Path::new(".")).await;
+    let (status, headers, body) = status_and_text(e.http_addr.unwrap(), "x", "/_sim/echo", &spoof).await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["x-sim-provider"], "cn-1");
+    assert_eq!(
+        headers["x-meridian-route"],
+        "origin=CN; source=header; provider=cn-1; jurisdiction=CN; candidates=1; reason=only usable candidate"
+    );
+    let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        echoed(&doc, "x-meridian-residency").is_empty(),
+        "consumed, not forwarded"
+    );
+}
+
+/// A TCP relay on loopback that holds every chunk for the current delay, in both
+/// directions: network latency on the path, as the edge sees it.
+struct DelayRelay {
+    addr: SocketAddr,
+    delay_ms: Arc<AtomicU64>,
+}
+
+impl DelayRelay {
+    async fn start(target: SocketAddr, delay_ms: u64) -> DelayRelay {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let delay = Arc::new(AtomicU64::new(delay_ms));
+        let d = delay.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((client, _)) = listener.accept().await else {
+                    return;
+                };
+                let d = d.clone();
+                tokio::spawn(async move {
+                    let Ok(server) = TcpStream::connect(target).await else {
+                        return;
+                    };
+                    let (cr, cw) = client.into_split();
+                    let (sr, sw) = server.into_split();
+                    tokio::join!(pump(cr, sw, d.clone()), pump(sr, cw, d));
+                });
+            }
+        });
+        DelayRelay { addr, delay_ms: delay }
+    }
+
+    fn set_delay(&self, ms: u64) {
+        self.delay_ms.store(ms, Ordering::Relaxed);
+    }
+}
+
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    delay: Arc<AtomicU64>,
+) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        // The simulated network: this hop takes `delay` to deliver.
+        tokio::time::sleep(Duration::from_millis(delay.load(Ordering::Relaxed))).await;
+        if to.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn converges_on_the_fastest_compliant_provider_and_moves_away_when_it_degrades() {
+    let (near, far, cn) = (
+        provider("de-near").await,
+        provider("de-far").await,
+        provider("cn-1").await,
+    );
+    let near_path = DelayRelay::start(near.addr, 2).await;
+    let far_path = DelayRelay::start(far.addr, 25).await;
+    let toml = fleet_toml(
+        &[
+            ("de-near", "DE", near_path.addr),
+            ("de-far", "DE", far_path.addr),
+            ("cn-1", "CN", cn.addr),
+        ],
+        "[origin]\ndefault = \"DE\"\n",
+    );
+    let e = edge(&toml, Path::new(".")).await;
+    let addr = e.http_addr.unwrap();
+    let served_by = |h: &http::HeaderMap| h["x-sim-provider"].to_str().unwrap().to_owned();
+
+    // Converges: after a few requests nearly everything goes to the nearer one.
+    for _ in 0..10 {
+        status_and_text(addr, "x", "/_sim/echo", &[]).await;
+    }
+    let mut near_count = 0;
+    for _ in 0..20 {
+        let (_, h, _) = status_and_text(addr, "x", "/_sim/echo", &[]).await;
+        near_count += usize::from(served_by(&h) == "de-near");
+    }
+    assert!(near_count >= 18, "only {near_count}/20 went to the nearest provider");
+
+    // The near path degrades: within 5 s traffic moves to the other compliant one.
+    near_path.set_delay(80);
+    let start = tokio::time::Instant::now();
+    let mut streak = 0;
+    while streak < 5 {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "still on the degraded provider after 5 s"
+        );
+        let (_, h, _) = status_and_text(addr, "x", "/_sim/echo", &[]).await;
+        streak = if served_by(&h) == "de-far" { streak + 1 } else { 0 };
+    }
+    assert_eq!(cn.requests(), 0, "DE-origin data never went to CN");
+}
