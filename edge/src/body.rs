@@ -157,8 +157,12 @@ impl Meter {
     fn data(&mut self, n: usize) {
         self.bytes += n as u64;
     }
+}
 
-    fn end(&mut self) {
+impl Drop for Meter {
+    // When the body is done or abandoned: hyper stops polling a body of known length
+    // once it has all of it, so the end is never announced by a final poll.
+    fn drop(&mut self) {
         if self.bytes >= MIN_THROUGHPUT_SAMPLE {
             let now = Instant::now();
             self.target
@@ -206,7 +210,6 @@ impl Body for ResponseBody {
                             meter.data(d.len());
                         }
                     }
-                    Poll::Ready(None) => meter.end(),
                     _ => {}
                 }
                 frame

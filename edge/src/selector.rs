@@ -174,6 +174,8 @@ pub type Candidate = (usize, Option<f64>);
 pub enum Reason {
     /// The only usable candidate.
     Only,
+    /// Clearly the lowest estimated completion time.
+    Best,
     /// The lower-cost of two random near-best candidates.
     PowerOfTwo,
 }
@@ -183,6 +185,7 @@ impl Reason {
     pub fn as_str(self) -> &'static str {
         match self {
             Reason::Only => "only usable candidate",
+            Reason::Best => "lowest estimated completion time",
             Reason::PowerOfTwo => "lower cost of two near-best",
         }
     }
@@ -198,7 +201,9 @@ pub fn choose(candidates: &[Candidate], mut random: impl FnMut() -> u64) -> Opti
     let near = |c: &&Candidate| c.1.is_some_and(|cost| cost <= best * NEAR_BEST);
     let k = candidates.iter().filter(near).count();
     if k == 1 {
-        return candidates.iter().find(near).map(|c| (c.0, Reason::Only));
+        let usable = candidates.iter().filter(|c| c.1.is_some()).count();
+        let reason = if usable == 1 { Reason::Only } else { Reason::Best };
+        return candidates.iter().find(near).map(|c| (c.0, reason));
     }
     let a = (random() % k as u64) as usize;
     let mut b = (random() % (k as u64 - 1)) as usize;

@@ -167,8 +167,10 @@ async fn a_residency_header_counts_only_from_trusted_hops_and_is_never_forwarded
     );
 }
 
-/// A TCP relay on loopback that holds every chunk for the current delay, in both
-/// directions: network latency on the path, as the edge sees it.
+/// A TCP relay on loopback that delivers every chunk `delay` after it arrived, in
+/// both directions, optionally at a capped rate: network latency and bandwidth on
+/// the path, as the edge sees them. Latency is pipelined (chunks in flight overlap),
+/// as on a real link.
 struct DelayRelay {
     addr: SocketAddr,
     delay_ms: Arc<AtomicU64>,
@@ -176,6 +178,10 @@ struct DelayRelay {
 
 impl DelayRelay {
     async fn start(target: SocketAddr, delay_ms: u64) -> DelayRelay {
+        Self::with_rate(target, delay_ms, None).await
+    }
+
+    async fn with_rate(target: SocketAddr, delay_ms: u64, bytes_per_sec: Option<u64>) -> DelayRelay {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let delay = Arc::new(AtomicU64::new(delay_ms));
@@ -192,7 +198,7 @@ impl DelayRelay {
                     };
                     let (cr, cw) = client.into_split();
                     let (sr, sw) = server.into_split();
-                    tokio::join!(pump(cr, sw, d.clone()), pump(sr, cw, d));
+                    tokio::join!(pump(cr, sw, d.clone(), bytes_per_sec), pump(sr, cw, d, bytes_per_sec));
                 });
             }
         });
@@ -208,20 +214,37 @@ async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     delay: Arc<AtomicU64>,
+    rate: Option<u64>,
 ) {
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = match from.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        // The simulated network: this hop takes `delay` to deliver.
-        tokio::time::sleep(Duration::from_millis(delay.load(Ordering::Relaxed))).await;
-        if to.write_all(&buf[..n]).await.is_err() {
-            break;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<(tokio::time::Instant, Vec<u8>)>(256);
+    let reader = async move {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            match from.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    let due = tokio::time::Instant::now() + Duration::from_millis(delay.load(Ordering::Relaxed));
+                    if tx.send((due, buf[..n].to_vec())).await.is_err() {
+                        break;
+                    }
+                }
+            }
         }
-    }
-    let _ = to.shutdown().await;
+    };
+    let writer = async move {
+        while let Some((due, data)) = rx.recv().await {
+            // The simulated network: delivery `delay` after sending, at `rate`.
+            tokio::time::sleep_until(due).await;
+            if to.write_all(&data).await.is_err() {
+                break;
+            }
+            if let Some(rate) = rate {
+                tokio::time::sleep(Duration::from_secs_f64(data.len() as f64 / rate as f64)).await;
+            }
+        }
+        let _ = to.shutdown().await;
+    };
+    tokio::join!(reader, writer);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -269,4 +292,54 @@ async fn converges_on_the_fastest_compliant_provider_and_moves_away_when_it_degr
         streak = if served_by(&h) == "de-far" { streak + 1 } else { 0 };
     }
     assert_eq!(cn.requests(), 0, "DE-origin data never went to CN");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_objects_follow_rtt_and_large_ones_follow_bandwidth() {
+    let (near, wide) = (provider("de-near").await, provider("de-wide").await);
+    // Near but narrow (2 ms, 4 MB/s) against far but wide (30 ms, uncapped).
+    let near_path = DelayRelay::with_rate(near.addr, 2, Some(4_000_000)).await;
+    let wide_path = DelayRelay::start(wide.addr, 30).await;
+    const BIG: usize = 2 << 20;
+    for p in [&near, &wide] {
+        let mut c = h1(p.addr).await;
+        let put = http::Request::put("/big")
+            .header("host", "x")
+            .body(Body::from(vec![7u8; BIG]))
+            .unwrap();
+        assert_eq!(c.send_request(put).await.unwrap().status(), 200);
+    }
+    let toml = fleet_toml(
+        &[("de-near", "DE", near_path.addr), ("de-wide", "DE", wide_path.addr)],
+        "[origin]\ndefault = \"DE\"\n[forwarding]\ntrusted_hops = [\"127.0.0.0/8\"]\n",
+    );
+    let e = edge(&toml, Path::new(".")).await;
+    let addr = e.http_addr.unwrap();
+    let size = BIG.to_string();
+    let large = [("x-meridian-size-hint", size.as_str()), ("x-meridian-explain", "1")];
+    let served_by = |h: &http::HeaderMap| h["x-sim-provider"].to_str().unwrap().to_owned();
+
+    // Learn both paths: small requests measure RTT, large transfers bandwidth.
+    for _ in 0..6 {
+        status_and_text(addr, "x", "/_sim/echo", &[]).await;
+    }
+    for _ in 0..3 {
+        let (status, _, body) = status_and_text(addr, "x", "/big", &large).await;
+        assert_eq!((status, body.len()), (200, BIG));
+    }
+    for _ in 0..4 {
+        let (_, h, body) = status_and_text(addr, "x", "/big", &large).await;
+        assert_eq!(body.len(), BIG);
+        assert_eq!(
+            served_by(&h),
+            "de-wide",
+            "large objects go to the higher-bandwidth provider"
+        );
+        let route = h["x-meridian-route"].to_str().unwrap();
+        assert!(route.ends_with("reason=lowest estimated completion time"), "{route}");
+    }
+    for _ in 0..6 {
+        let (_, h, _) = status_and_text(addr, "x", "/_sim/echo", &[]).await;
+        assert_eq!(served_by(&h), "de-near", "small requests go to the lower-RTT provider");
+    }
 }

@@ -73,6 +73,10 @@ fn choose_picks_among_near_best_only() {
         assert_eq!(reason, Reason::PowerOfTwo);
     }
     assert_eq!(choose(&[(7, Some(2.0)), (8, None)], random), Some((7, Reason::Only)));
+    assert_eq!(
+        choose(&[(7, Some(2.0)), (8, Some(9.0))], random),
+        Some((7, Reason::Best))
+    );
     assert_eq!(choose(&[(7, None)], random), None);
     assert_eq!(choose(&[], random), None);
 }
