@@ -204,13 +204,10 @@ impl Body for ResponseBody {
         match self.project() {
             ResponseBodyProj::Upstream { body, meter, .. } => {
                 let frame = body.poll_frame(cx);
-                match &frame {
-                    Poll::Ready(Some(Ok(f))) => {
-                        if let Some(d) = f.data_ref() {
-                            meter.data(d.len());
-                        }
+                if let Poll::Ready(Some(Ok(f))) = &frame {
+                    if let Some(d) = f.data_ref() {
+                        meter.data(d.len());
                     }
-                    _ => {}
                 }
                 frame
             }
