@@ -180,6 +180,8 @@ pub enum OriginSource {
     Tenant,
     /// The residency header, honoured only from trusted hops.
     Header,
+    /// GeoIP (a MaxMind `.mmdb` country database) of the client address.
+    Geoip,
     /// The CIDR table, by client address.
     Cidr,
     /// The configured default.
@@ -192,6 +194,7 @@ impl OriginSource {
         match self {
             OriginSource::Tenant => "tenant",
             OriginSource::Header => "header",
+            OriginSource::Geoip => "geoip",
             OriginSource::Cidr => "cidr",
             OriginSource::Default => "default",
         }
@@ -217,6 +220,8 @@ pub struct OriginConfig {
     /// Residency header name; honoured only from `forwarding.trusted_hops` and always
     /// removed before forwarding.
     pub header: String,
+    /// MaxMind GeoIP2/GeoLite2 Country (or City) database, for the `geoip` source.
+    pub geoip_db: Option<PathBuf>,
     /// Client address ranges and their jurisdictions (most specific match wins).
     pub cidrs: Vec<CidrEntry>,
     /// Jurisdiction used when no other source knows; without it the origin is
@@ -230,10 +235,12 @@ impl Default for OriginConfig {
             order: vec![
                 OriginSource::Tenant,
                 OriginSource::Header,
+                OriginSource::Geoip,
                 OriginSource::Cidr,
                 OriginSource::Default,
             ],
             header: "x-meridian-residency".into(),
+            geoip_db: None,
             cidrs: Vec::new(),
             default: None,
         }
@@ -464,7 +471,15 @@ impl EdgeConfig {
                 message: e.message,
             });
         }
-        let origin = raw.origin;
+        let mut origin = raw.origin;
+        origin.geoip_db = origin.geoip_db.map(|p| base.join(p));
+        if let Some(db) = &origin.geoip_db {
+            if !db.is_file() {
+                return Err(
+                    at(None, "origin.geoip_db", format!("file {} does not exist", db.display())).with_line(src),
+                );
+            }
+        }
         if http::HeaderName::from_bytes(origin.header.as_bytes()).is_err() {
             return Err(at(
                 None,

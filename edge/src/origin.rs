@@ -1,12 +1,14 @@
 //! Origin resolution: which jurisdiction's law governs a request's data.
 //!
 //! Sources are consulted in the configured order (tenant binding, residency header,
-//! CIDR table, default) and the first that knows wins; which one decided is recorded.
+//! GeoIP, CIDR table, default) and the first that knows wins; which one decided is
+//! recorded.
 //! Client claims are untrusted input: the residency header and `X-Forwarded-For`
 //! count only when the peer is a trusted hop. This module never looks at bodies and
 //! never fails: an origin nobody knows is `None`, for the policy to judge.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use http::HeaderMap;
 use http::header::HeaderName;
@@ -59,12 +61,38 @@ pub struct OriginResolver {
     /// Most specific first.
     cidrs: Vec<(IpNet, Jurisdiction)>,
     default: Option<Jurisdiction>,
+    geoip: Option<Arc<maxminddb::Reader<Vec<u8>>>>,
     forwarding: Forwarding,
 }
 
+/// The GeoIP database could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[error("GeoIP database {path}: {source}")]
+pub struct GeoipError {
+    /// The file.
+    pub path: String,
+    /// Why.
+    pub source: maxminddb::MaxMindDbError,
+}
+
+/// Opens a MaxMind database (read into memory once; lookups take no lock).
+pub fn open_geoip(path: &std::path::Path) -> Result<Arc<maxminddb::Reader<Vec<u8>>>, GeoipError> {
+    maxminddb::Reader::open_readfile(path)
+        .map(Arc::new)
+        .map_err(|source| GeoipError {
+            path: path.display().to_string(),
+            source,
+        })
+}
+
 impl OriginResolver {
-    /// Builds the chain from checked config.
-    pub fn new(cfg: &OriginConfig, fleet: &Fleet, forwarding: &Forwarding) -> Self {
+    /// Builds the chain from checked config; `geoip` is the opened `origin.geoip_db`.
+    pub fn new(
+        cfg: &OriginConfig,
+        fleet: &Fleet,
+        forwarding: &Forwarding,
+        geoip: Option<Arc<maxminddb::Reader<Vec<u8>>>>,
+    ) -> Self {
         let mut cidrs: Vec<(IpNet, Jurisdiction)> = cfg.cidrs.iter().map(|c| (c.cidr.0, c.jurisdiction)).collect();
         cidrs.sort_by_key(|(net, _)| std::cmp::Reverse(net.prefix_len()));
         OriginResolver {
@@ -78,6 +106,7 @@ impl OriginResolver {
                 .collect(),
             cidrs,
             default: cfg.default,
+            geoip,
             forwarding: forwarding.clone(),
         }
     }
@@ -103,6 +132,12 @@ impl OriginResolver {
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| v.trim().parse::<Jurisdiction>().ok()),
                 OriginSource::Header => None,
+                OriginSource::Geoip => self.geoip.as_ref().and_then(|db| {
+                    let client = self.client_address(req.headers, req.peer, trusted);
+                    let found = db.lookup(client).ok()?;
+                    let iso: Option<&str> = found.decode_path(&maxminddb::path!["country", "iso_code"]).ok()?;
+                    iso?.parse().ok()
+                }),
                 OriginSource::Cidr => {
                     let client = self.client_address(req.headers, req.peer, trusted);
                     self.cidrs
@@ -155,6 +190,7 @@ mod tests {
     use super::*;
     use crate::config::{Cidr as CidrBlock, CidrEntry};
     use http::HeaderValue;
+    use std::path::Path;
 
     fn j(s: &str) -> Jurisdiction {
         s.parse().unwrap()
@@ -175,6 +211,7 @@ mod tests {
         let cfg = OriginConfig {
             order: order.to_vec(),
             header: "x-meridian-residency".into(),
+            geoip_db: None,
             cidrs: vec![
                 CidrEntry {
                     cidr: CidrBlock("10.0.0.0/8".parse().unwrap()),
@@ -191,7 +228,8 @@ mod tests {
             trusted_hops: vec!["127.0.0.0/8".parse().unwrap()],
             via: "m".into(),
         };
-        OriginResolver::new(&cfg, &fleet, &fwd)
+        let db = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/geoip-test.mmdb");
+        OriginResolver::new(&cfg, &fleet, &fwd, Some(open_geoip(&db).unwrap()))
     }
 
     fn facts<'a>(host: Option<&'a str>, path: &'a str, h: &'a HeaderMap, peer: &str) -> RequestFacts<'a> {
@@ -236,6 +274,28 @@ mod tests {
         let r = resolver(&[Cidr], None);
         let o = r.resolve(facts(None, "/", &h, "127.0.0.1"));
         assert_eq!((o.label(), o.source_label()), ("FR", "cidr"));
+    }
+
+    #[test]
+    fn geoip_finds_the_country_of_the_client_address() {
+        let r = resolver(&[Geoip, Default], Some("US"));
+        let none = HeaderMap::new();
+        for (peer, want) in [("203.0.113.7", "CN"), ("198.51.100.1", "BR"), ("2001:db8::1", "FR")] {
+            let o = r.resolve(facts(None, "/", &none, peer));
+            assert_eq!((o.label(), o.source_label()), (want, "geoip"), "{peer}");
+        }
+        let o = r.resolve(facts(None, "/", &none, "192.0.2.200"));
+        assert_eq!((o.label(), o.source_label()), ("JP", "geoip"));
+        // Not in the database: the next source decides.
+        let o = r.resolve(facts(None, "/", &none, "8.8.8.8"));
+        assert_eq!((o.label(), o.source_label()), ("US", "default"));
+        // Behind a trusted hop, the forwarded client address is looked up.
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.9"));
+        let o = r.resolve(facts(None, "/", &h, "127.0.0.1"));
+        assert_eq!(o.label(), "CN");
+        let o = r.resolve(facts(None, "/", &h, "192.0.2.1"));
+        assert_eq!(o.label(), "JP", "an untrusted peer's X-Forwarded-For is ignored");
     }
 
     #[test]

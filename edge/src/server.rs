@@ -19,7 +19,7 @@ use crate::admin;
 use crate::config::EdgeConfig;
 use crate::headers::ViaValues;
 use crate::listener::Listener;
-use crate::origin::OriginResolver;
+use crate::origin::{GeoipError, OriginResolver, open_geoip};
 use crate::proxy::{Proxy, Snapshot};
 use crate::route::{RoutedProvider, Routing};
 use crate::runtime::{bind_reuseport, set_current_worker, worker_count};
@@ -45,6 +45,9 @@ pub enum StartError {
     /// A provider pool could not be built.
     #[error(transparent)]
     Pool(#[from] PoolError),
+    /// The GeoIP database is unusable.
+    #[error(transparent)]
+    Geoip(#[from] GeoipError),
     /// A worker thread could not be started.
     #[error("cannot start a worker thread: {source}")]
     Worker {
@@ -304,7 +307,11 @@ fn build_snapshot(
             stats,
         })));
     }
-    let origin = OriginResolver::new(&config.origin, &config.fleet, &config.forwarding);
+    let geoip = match &config.origin.geoip_db {
+        Some(path) => Some(open_geoip(path)?),
+        None => None,
+    };
+    let origin = OriginResolver::new(&config.origin, &config.fleet, &config.forwarding, geoip);
     let routing = Routing::new(origin, CompiledPolicy::compile(&config.fleet), providers);
     let via = ViaValues::new(&config.forwarding.via);
     Ok(Snapshot {

@@ -93,9 +93,13 @@ fn origin_settings_are_checked() {
     let src = format!("{MIN}\n[origin]\nheader = \"bad header\"\n");
     let (line, key, _) = invalid(&src);
     assert_eq!((line, key.as_str()), (15, "origin.header"));
-    let src = format!("{MIN}\n[origin]\norder = [\"geoip\"]\n");
+    let src = format!("{MIN}\n[origin]\norder = [\"geo\"]\n");
     let (_, key, _) = invalid(&src);
     assert_eq!(key, "origin.order[0]");
+    let src = format!("{MIN}\n[origin]\ngeoip_db = \"missing.mmdb\"\n");
+    let (line, key, msg) = invalid(&src);
+    assert_eq!((line, key.as_str()), (15, "origin.geoip_db"));
+    assert!(msg.contains("missing.mmdb"), "{msg}");
 }
 
 #[test]
