@@ -120,7 +120,34 @@ struct RawConfig {
     origin: OriginConfig,
     #[serde(default)]
     log: LogConfig,
+    #[serde(default)]
+    probes: ProbeConfig,
     fleet: Fleet,
+}
+
+/// Active probes of every provider.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProbeConfig {
+    /// Probe at all.
+    pub enabled: bool,
+    /// Time between rounds, ±20 % jitter.
+    pub interval: HumanDuration,
+    /// Longest a probe may take (connect, TLS, `HEAD`); slower counts as a failure.
+    pub timeout: HumanDuration,
+    /// Path sent with `HEAD`.
+    pub path: String,
+}
+
+impl Default for ProbeConfig {
+    fn default() -> Self {
+        ProbeConfig {
+            enabled: true,
+            interval: HumanDuration(Duration::from_secs(5)),
+            timeout: HumanDuration(Duration::from_secs(2)),
+            path: "/".into(),
+        }
+    }
 }
 
 /// Logging choices that belong to the config rather than the command line.
@@ -428,6 +455,8 @@ pub struct EdgeConfig {
     pub origin: OriginConfig,
     /// Logging.
     pub log: LogConfig,
+    /// Active probes.
+    pub probes: ProbeConfig,
     /// Providers, policy and tenants: the model the control plane will push.
     pub fleet: Fleet,
 }
@@ -470,6 +499,17 @@ impl EdgeConfig {
                 key,
                 message: e.message,
             });
+        }
+        if !raw.probes.path.starts_with('/') {
+            return Err(at(None, "probes.path", "must start with `/`".into()).with_line(src));
+        }
+        if raw.probes.interval.0.is_zero() || raw.probes.timeout.0.is_zero() {
+            return Err(at(
+                None,
+                "probes.interval",
+                "interval and timeout must be greater than zero".into(),
+            )
+            .with_line(src));
         }
         let mut origin = raw.origin;
         origin.geoip_db = origin.geoip_db.map(|p| base.join(p));
@@ -605,6 +645,7 @@ impl EdgeConfig {
             runtime: raw.runtime,
             origin,
             log: raw.log,
+            probes: raw.probes,
             fleet: raw.fleet,
         })
     }

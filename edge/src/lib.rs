@@ -20,6 +20,7 @@ pub mod framing;
 pub mod headers;
 pub mod listener;
 pub mod origin;
+pub mod probe;
 pub mod proxy;
 pub mod respond;
 pub mod route;

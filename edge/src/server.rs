@@ -140,6 +140,13 @@ impl Edge {
             admin_addr: admin.as_ref().and_then(|l| l.local_addr().ok()),
         };
 
+        if config.probes.enabled {
+            tokio::spawn(crate::probe::run(
+                proxy.clone(),
+                config.probes.clone(),
+                drain_rx.clone(),
+            ));
+        }
         for index in 0..workers {
             let parts = WorkerParts {
                 index,

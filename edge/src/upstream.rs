@@ -102,6 +102,8 @@ pub struct ProviderPool {
     spec: ProviderSpec,
     /// One pool per worker thread, each with its share of the connection cap.
     workers: Workers,
+    /// Opens the active probes' own connections, outside the request pools.
+    prober: Connector,
     scheme: UriScheme,
     authority: Authority,
     response_timeout: Duration,
@@ -148,15 +150,19 @@ impl ProviderPool {
         // Each worker owns a share of the provider's connection cap: idle connections
         // pooled on one worker could otherwise starve another of slots.
         let workers = workers.max(1);
-        let connector = |w: usize| {
+        let connector_with = |slots: usize| {
             Connector(Arc::new(ConnectorInner {
                 address: spec.endpoint.address.clone(),
                 tls: tls.clone(),
                 h2,
                 timeout: cfg.connect_timeout.0,
-                permits: Arc::new(Semaphore::new(worker_share(spec.max_connections as usize, workers, w))),
+                permits: Arc::new(Semaphore::new(slots)),
             }))
         };
+        let connector = |w: usize| connector_with(worker_share(spec.max_connections as usize, workers, w));
+        // Probes use their own single slot: they must not wait behind busy pools,
+        // nor take a slot from requests.
+        let prober = connector_with(1);
         let workers = if h2 {
             Workers::H2((0..workers).map(|w| builder.build(connector(w))).collect())
         } else {
@@ -170,6 +176,7 @@ impl ProviderPool {
         Ok(ProviderPool {
             spec: spec.clone(),
             workers,
+            prober,
             scheme: match spec.endpoint.scheme {
                 Scheme::Http => UriScheme::HTTP,
                 Scheme::Https => UriScheme::HTTPS,
@@ -187,6 +194,60 @@ impl ProviderPool {
     /// URI scheme for requests to this provider.
     pub fn scheme(&self) -> &UriScheme {
         &self.scheme
+    }
+
+    /// One active probe: a fresh connection (TCP, TLS when configured), then a `HEAD`
+    /// of `path`. Returns the round trip of the `HEAD` alone, comparable with the
+    /// time to first byte of requests on pooled connections.
+    pub async fn probe(&self, path: &str, timeout: Duration) -> Result<Duration, UpstreamError> {
+        let probe = async {
+            let permit = self
+                .prober
+                .permits()
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|_| UpstreamError::Connect("probe slot closed".into()))?;
+            let io = self.prober.open(permit).await.map_err(|e| match e.kind() {
+                io::ErrorKind::TimedOut => UpstreamError::ConnectTimeout,
+                _ => UpstreamError::Connect(e.to_string()),
+            })?;
+            let host = self
+                .spec
+                .endpoint
+                .host
+                .clone()
+                .unwrap_or_else(|| self.authority.to_string());
+            let exchange = |e: hyper::Error| UpstreamError::Exchange(error_chain(&e));
+            let started = tokio::time::Instant::now();
+            let status = if self.spec.protocol == Protocol::Http2 {
+                let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+                    .await
+                    .map_err(exchange)?;
+                tokio::spawn(conn);
+                let uri = format!("{}://{host}{path}", self.scheme);
+                let req = Request::head(uri)
+                    .body(probe_body())
+                    .map_err(|e| UpstreamError::Exchange(e.to_string()))?;
+                send.send_request(req).await.map_err(exchange)?.status()
+            } else {
+                let (mut send, conn) = hyper::client::conn::http1::handshake(io).await.map_err(exchange)?;
+                tokio::spawn(conn);
+                let req = Request::head(path)
+                    .header(http::header::HOST, host)
+                    .body(probe_body())
+                    .map_err(|e| UpstreamError::Exchange(e.to_string()))?;
+                send.send_request(req).await.map_err(exchange)?.status()
+            };
+            if status.is_server_error() {
+                return Err(UpstreamError::Exchange(format!("probe answered {status}")));
+            }
+            Ok(started.elapsed())
+        };
+        match tokio::time::timeout(timeout, probe).await {
+            Ok(r) => r,
+            Err(_) => Err(UpstreamError::ResponseTimeout),
+        }
     }
 
     /// The provider's address as a URI authority.
@@ -277,6 +338,13 @@ impl http_body::Body for UpstreamBody {
             UpstreamBody::H2(b) => b.size_hint(),
         }
     }
+}
+
+fn probe_body() -> ProxyBody {
+    use http_body_util::BodyExt;
+    http_body_util::Empty::new()
+        .map_err(|never| match never {})
+        .boxed_unsync()
 }
 
 /// Worker `w`'s share of `total` slots: an even split, the remainder to the first

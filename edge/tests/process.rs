@@ -57,7 +57,7 @@ fn check_config_accepts_good_files_and_names_the_bad_key_and_line() {
     let out = Command::new(BIN).arg("check-config").arg(&bad).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("limits.idle_timeout") && err.contains("line 16"), "{err}");
+    assert!(err.contains("limits.idle_timeout") && err.contains("line 18"), "{err}");
 
     let out = Command::new(BIN).arg("--help").output().unwrap();
     let help = String::from_utf8_lossy(&out.stdout);

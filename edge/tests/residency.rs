@@ -21,6 +21,10 @@ use tokio::net::{TcpListener, TcpStream};
 /// only in CN, everything else anywhere but CN.
 fn fleet_toml(providers: &[(&str, &str, SocketAddr)], extra: &str) -> String {
     let mut s = String::from("[listeners]\nhttp = \"127.0.0.1:0\"\n[runtime]\nworkers = 1\n");
+    if !extra.contains("[probes]") {
+        // Probes would add requests that these tests count; the probe test turns them on.
+        s.push_str("[probes]\nenabled = false\n");
+    }
     s.push_str(extra);
     s.push_str(
         "\n[fleet.policy]\nunknown_origin = \"deny\"\n\
@@ -342,4 +346,36 @@ async fn small_objects_follow_rtt_and_large_ones_follow_bandwidth() {
         let (_, h, _) = status_and_text(addr, "x", "/_sim/echo", &[]).await;
         assert_eq!(served_by(&h), "de-near", "small requests go to the lower-RTT provider");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_measure_providers_before_any_traffic() {
+    let (near, far) = (provider("de-near").await, provider("de-far").await);
+    let near_path = DelayRelay::start(near.addr, 2).await;
+    let far_path = DelayRelay::start(far.addr, 30).await;
+    let dead = free_port();
+    let toml = fleet_toml(
+        &[
+            ("de-near", "DE", near_path.addr),
+            ("de-far", "DE", far_path.addr),
+            ("de-dead", "DE", dead),
+        ],
+        "[origin]\ndefault = \"DE\"\n[forwarding]\ntrusted_hops = [\"127.0.0.0/8\"]\n\
+         [probes]\ninterval = \"50ms\"\ntimeout = \"500ms\"\npath = \"/_sim/echo\"\n",
+    );
+    let e = edge(&toml, Path::new(".")).await;
+    // No request has been sent; wait until each live provider has been probed a few
+    // times (probing the dead one fails, which must not disturb the rest).
+    poll_until(Duration::from_secs(10), || async {
+        (near.requests() >= 6 && far.requests() >= 6).then_some(())
+    })
+    .await;
+
+    let (status, h, _) = status_and_text(e.http_addr.unwrap(), "x", "/_sim/echo", &[("x-meridian-explain", "1")]).await;
+    assert_eq!(status, 200);
+    let route = h["x-meridian-route"].to_str().unwrap();
+    assert!(
+        route.contains("provider=de-near") && route.ends_with("reason=lowest estimated completion time"),
+        "the very first request already knows which provider is nearest: {route}"
+    );
 }

@@ -66,7 +66,9 @@ impl Certs {
 /// A minimal edge config: plain HTTP (and HTTPS when `tls` holds certificate
 /// tables) on free ports, one default provider, plus `extra` TOML appended.
 pub fn config_toml(provider: SocketAddr, https: bool, extra: &str) -> String {
-    let mut s = String::from("[listeners]\nhttp = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n");
+    // Probes would add requests that tests count; the probe tests turn them on.
+    let mut s =
+        String::from("[probes]\nenabled = false\n[listeners]\nhttp = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n");
     if https {
         s.push_str("https = \"127.0.0.1:0\"\n");
     }
