@@ -9,16 +9,44 @@
 
 use std::sync::Arc;
 
-use meridian_proto::{CompiledPolicy, Jurisdiction, ProviderId, ProviderSpec, ProviderState, Verdict};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use meridian_proto::{CompiledPolicy, Jurisdiction, ProviderId, ProviderSet, ProviderSpec, ProviderState, Verdict};
 use tokio::time::Instant;
 
 use crate::origin::{Origin, OriginResolver, RequestFacts};
 use crate::selector::{self, Candidate, InflightToken, ProviderStats, Reason};
 use crate::upstream::ProviderPool;
 
-/// Most providers considered per decision without allocating; larger allowed sets
-/// are still handled, on the heap.
+/// Allowed sets up to this size are costed in full on every decision, on the stack.
 const INLINE_CANDIDATES: usize = 64;
+/// Larger sets are served from a shortlist: this many lowest-RTT providers plus this
+/// many highest-bandwidth ones, so both small and large requests find their best.
+const SHORTLIST_EACH: usize = 16;
+/// How old a shortlist may get before a decision refreshes it.
+const SHORTLIST_TTL: Duration = Duration::from_millis(250);
+const NEVER: u64 = u64::MAX;
+
+/// The shortlist of one rule's allowed set. Refreshed by whichever decision finds it
+/// stale (one at a time); decisions in between only load it.
+#[derive(Debug)]
+struct Shortlist {
+    refreshed_ms: AtomicU64,
+    refreshing: AtomicBool,
+    providers: ArcSwap<Vec<usize>>,
+}
+
+impl Default for Shortlist {
+    fn default() -> Self {
+        Shortlist {
+            refreshed_ms: AtomicU64::new(NEVER),
+            refreshing: AtomicBool::new(false),
+            providers: ArcSwap::from_pointee(Vec::new()),
+        }
+    }
+}
 
 /// A provider of the snapshot, ready to receive requests.
 #[derive(Debug)]
@@ -102,6 +130,50 @@ pub enum RouteError {
     },
 }
 
+impl Routing {
+    /// The shortlist for `rule`, refreshed first when it is stale and no other
+    /// decision is refreshing it.
+    fn shortlist(&self, rule: usize, allowed: &ProviderSet, now: Instant) -> Option<arc_swap::Guard<Arc<Vec<usize>>>> {
+        let s = self.shortlists.get(rule)?;
+        let now_ms = now.saturating_duration_since(self.base).as_millis() as u64;
+        let last = s.refreshed_ms.load(Ordering::Acquire);
+        let stale = last == NEVER || now_ms.saturating_sub(last) >= SHORTLIST_TTL.as_millis() as u64;
+        if stale && !s.refreshing.swap(true, Ordering::AcqRel) {
+            s.providers.store(Arc::new(self.rank(allowed)));
+            s.refreshed_ms.store(now_ms, Ordering::Release);
+            s.refreshing.store(false, Ordering::Release);
+        }
+        Some(s.providers.load())
+    }
+
+    /// The lowest-RTT and the highest-bandwidth usable providers of `allowed`.
+    fn rank(&self, allowed: &ProviderSet) -> Vec<usize> {
+        let mut all: Vec<(usize, f64, f64)> = allowed
+            .iter()
+            .filter_map(|i| {
+                let p = self.providers.get(i)?.as_ref()?;
+                let (rtt, bw) = p.stats.estimates();
+                // Unmeasured providers rank first, so they get measured.
+                Some((i, rtt.unwrap_or(0.0), bw.unwrap_or(f64::INFINITY)))
+            })
+            .collect();
+        let mut list = Vec::with_capacity(2 * SHORTLIST_EACH);
+        all.sort_by(|a, b| a.1.total_cmp(&b.1));
+        list.extend(all.iter().take(SHORTLIST_EACH).map(|c| c.0));
+        all.sort_by(|a, b| b.2.total_cmp(&a.2));
+        let by_rtt = list.len();
+        for c in &all {
+            if list.len() == by_rtt + SHORTLIST_EACH {
+                break;
+            }
+            if !list[..by_rtt].contains(&c.0) {
+                list.push(c.0);
+            }
+        }
+        list
+    }
+}
+
 /// The routing state of one config snapshot.
 #[derive(Debug)]
 pub struct Routing {
@@ -109,15 +181,21 @@ pub struct Routing {
     policy: CompiledPolicy,
     /// By fleet index; `None` for disabled providers.
     providers: Vec<Option<Arc<RoutedProvider>>>,
+    /// One per policy rule, for allowed sets larger than `INLINE_CANDIDATES`.
+    shortlists: Vec<Shortlist>,
+    base: Instant,
 }
 
 impl Routing {
     /// Routing over `providers` (indexed as in the fleet the policy was compiled from).
     pub fn new(origin: OriginResolver, policy: CompiledPolicy, providers: Vec<Option<Arc<RoutedProvider>>>) -> Self {
+        let shortlists = (0..policy.rule_count()).map(|_| Shortlist::default()).collect();
         Routing {
             origin,
             policy,
             providers,
+            shortlists,
+            base: Instant::now(),
         }
     }
 
@@ -145,10 +223,10 @@ impl Routing {
         exclude: Option<usize>,
         now: Instant,
     ) -> Result<Target, RouteError> {
-        let providers = match self.policy.evaluate(origin.jurisdiction) {
+        let (rule, providers) = match self.policy.evaluate(origin.jurisdiction) {
             Verdict::Denied => return Err(RouteError::Denied { origin }),
             Verdict::Allowed { providers, .. } if providers.is_empty() => return Err(RouteError::Denied { origin }),
-            Verdict::Allowed { providers, .. } => providers,
+            Verdict::Allowed { rule, providers } => (rule, providers),
         };
         let candidates = providers.len();
         let cost = |i: usize| -> Candidate {
@@ -159,18 +237,28 @@ impl Routing {
             };
             (i, cost)
         };
-        let choice = if candidates <= INLINE_CANDIDATES {
-            let mut buf = [(0usize, None); INLINE_CANDIDATES];
-            let mut n = 0;
+        let mut buf = [(0usize, None); INLINE_CANDIDATES];
+        let mut n = 0;
+        let mut choice = None;
+        if candidates <= INLINE_CANDIDATES {
             for i in providers.iter() {
                 buf[n] = cost(i);
                 n += 1;
             }
-            selector::choose(&buf[..n], selector::random)
-        } else {
+            choice = selector::choose(&buf[..n], selector::random);
+        } else if let Some(list) = self.shortlist(rule, providers, now) {
+            for &i in list.iter().take(INLINE_CANDIDATES) {
+                buf[n] = cost(i);
+                n += 1;
+            }
+            choice = selector::choose(&buf[..n], selector::random);
+        }
+        if choice.is_none() && candidates > INLINE_CANDIDATES {
+            // Nothing usable on the shortlist (a burst of ejections): look at all of
+            // them before failing closed.
             let all: Vec<Candidate> = providers.iter().map(cost).collect();
-            selector::choose(&all, selector::random)
-        };
+            choice = selector::choose(&all, selector::random);
+        }
         let Some((index, reason)) = choice else {
             return Err(RouteError::NoCompliant { origin, candidates });
         };

@@ -356,6 +356,11 @@ impl CompiledPolicy {
         Verdict::Denied
     }
 
+    /// How many rules the policy has.
+    pub fn rule_count(&self) -> usize {
+        self.rules.len()
+    }
+
     /// The name of rule `i`.
     pub fn rule_name(&self, i: usize) -> &str {
         self.rules.get(i).map_or("", |r| r.name.as_str())
