@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::Context;
-use meridian_sim::{SimConfig, SimProvider, Storage, TestCa};
+use meridian_sim::{DelayRelay, SimConfig, SimProvider, Storage, TestCa};
 
 use crate::procs::{Proc, sibling_binary, wait_http};
 
@@ -26,56 +26,24 @@ pub const EDGE_ADMIN: &str = "127.0.0.1:9901";
 struct DemoProvider {
     id: &'static str,
     jurisdiction: &'static str,
+    /// The documented address: a delay relay in front of the simulated provider.
     addr: &'static str,
+    /// One-way network delay on the path, milliseconds.
+    delay_ms: u64,
     protocol: &'static str,
     tls: bool,
 }
 
-/// Two providers in each of CN, DE and US; one of each pair speaks HTTP/2 or TLS so
-/// every upstream flavour is exercised.
+/// Two providers in each of CN, DE and US at different network distances; one of
+/// each pair speaks HTTP/2 or TLS so every upstream flavour is exercised.
+#[rustfmt::skip]
 const FLEET: [DemoProvider; 6] = [
-    DemoProvider {
-        id: "cn-sh-1",
-        jurisdiction: "CN",
-        addr: "127.0.0.1:9101",
-        protocol: "http1",
-        tls: false,
-    },
-    DemoProvider {
-        id: "cn-bj-1",
-        jurisdiction: "CN",
-        addr: "127.0.0.1:9102",
-        protocol: "http2",
-        tls: false,
-    },
-    DemoProvider {
-        id: "de-fra-1",
-        jurisdiction: "DE",
-        addr: "127.0.0.1:9103",
-        protocol: "http1",
-        tls: false,
-    },
-    DemoProvider {
-        id: "de-ber-1",
-        jurisdiction: "DE",
-        addr: "127.0.0.1:9104",
-        protocol: "http1",
-        tls: true,
-    },
-    DemoProvider {
-        id: "us-va-1",
-        jurisdiction: "US",
-        addr: "127.0.0.1:9105",
-        protocol: "http1",
-        tls: false,
-    },
-    DemoProvider {
-        id: "us-or-1",
-        jurisdiction: "US",
-        addr: "127.0.0.1:9106",
-        protocol: "http2",
-        tls: false,
-    },
+    DemoProvider { id: "cn-sh-1", jurisdiction: "CN", addr: "127.0.0.1:9101", delay_ms: 40, protocol: "http1", tls: false },
+    DemoProvider { id: "cn-bj-1", jurisdiction: "CN", addr: "127.0.0.1:9102", delay_ms: 60, protocol: "http2", tls: false },
+    DemoProvider { id: "de-fra-1", jurisdiction: "DE", addr: "127.0.0.1:9103", delay_ms: 5, protocol: "http1", tls: false },
+    DemoProvider { id: "de-ber-1", jurisdiction: "DE", addr: "127.0.0.1:9104", delay_ms: 12, protocol: "http1", tls: true },
+    DemoProvider { id: "us-va-1", jurisdiction: "US", addr: "127.0.0.1:9105", delay_ms: 25, protocol: "http1", tls: false },
+    DemoProvider { id: "us-or-1", jurisdiction: "US", addr: "127.0.0.1:9106", delay_ms: 45, protocol: "http2", tls: false },
 ];
 
 /// EU member states, for the demo policy's `EU` group.
@@ -116,14 +84,19 @@ pub async fn run(opts: DevOptions) -> anyhow::Result<()> {
         };
         let sim = SimProvider::start(SimConfig {
             name: p.id.into(),
-            addr: p.addr.parse()?,
+            addr: "127.0.0.1:0".parse()?,
             storage,
             tls: p.tls.then(|| store_leaf.clone()),
             objects: Some(objects),
         })
         .await
-        .with_context(|| format!("starting simulated provider {} on {}", p.id, p.addr))?;
-        providers.push(sim);
+        .with_context(|| format!("starting simulated provider {}", p.id))?;
+        // The edge reaches each provider through a relay that adds its network
+        // distance, so probes and traffic both see it.
+        let relay = DelayRelay::bind(p.addr.parse()?, sim.addr, Duration::from_millis(p.delay_ms), None)
+            .await
+            .with_context(|| format!("starting the delay relay for {} on {}", p.id, p.addr))?;
+        providers.push((sim, relay));
     }
 
     let config = dir.join("edge.toml");
@@ -209,8 +182,9 @@ fn print_banner(dir: &Path) {
     println!(
         "\nMeridian dev deployment is up.\n\n\
          edge      http://{EDGE_HTTP}   https://{EDGE_HTTPS}   admin http://{EDGE_ADMIN}\n\
-         providers cn-sh-1 :9101, cn-bj-1 :9102 (HTTP/2) in CN; de-fra-1 :9103, de-ber-1 :9104 (TLS) in DE;\n\
-         \x20         us-va-1 :9105, us-or-1 :9106 (HTTP/2) in US\n\
+         providers cn-sh-1 :9101 (40 ms), cn-bj-1 :9102 (60 ms, HTTP/2) in CN; de-fra-1 :9103 (5 ms),\n\
+         \x20         de-ber-1 :9104 (12 ms, TLS) in DE; us-va-1 :9105 (25 ms), us-or-1 :9106 (45 ms, HTTP/2) in US\n\
+         \x20         (one-way network delay, added on the path by relays)\n\
          tenants   cn.demo.local -> CN, eu.demo.local -> DE, us.demo.local -> US; policy: CN data stays in CN,\n\
          \x20         EU data in the EU, other data anywhere but CN\n\
          config    {}\n\n\

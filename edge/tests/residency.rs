@@ -9,13 +9,10 @@ mod support;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use meridian_sim::DelayRelay;
 use support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 
 /// A fleet: `(id, jurisdiction, address)` providers, tenant `cn.test` -> CN, CN data
 /// only in CN, everything else anywhere but CN.
@@ -171,86 +168,6 @@ async fn a_residency_header_counts_only_from_trusted_hops_and_is_never_forwarded
     );
 }
 
-/// A TCP relay on loopback that delivers every chunk `delay` after it arrived, in
-/// both directions, optionally at a capped rate: network latency and bandwidth on
-/// the path, as the edge sees them. Latency is pipelined (chunks in flight overlap),
-/// as on a real link.
-struct DelayRelay {
-    addr: SocketAddr,
-    delay_ms: Arc<AtomicU64>,
-}
-
-impl DelayRelay {
-    async fn start(target: SocketAddr, delay_ms: u64) -> DelayRelay {
-        Self::with_rate(target, delay_ms, None).await
-    }
-
-    async fn with_rate(target: SocketAddr, delay_ms: u64, bytes_per_sec: Option<u64>) -> DelayRelay {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let delay = Arc::new(AtomicU64::new(delay_ms));
-        let d = delay.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((client, _)) = listener.accept().await else {
-                    return;
-                };
-                let d = d.clone();
-                tokio::spawn(async move {
-                    let Ok(server) = TcpStream::connect(target).await else {
-                        return;
-                    };
-                    let (cr, cw) = client.into_split();
-                    let (sr, sw) = server.into_split();
-                    tokio::join!(pump(cr, sw, d.clone(), bytes_per_sec), pump(sr, cw, d, bytes_per_sec));
-                });
-            }
-        });
-        DelayRelay { addr, delay_ms: delay }
-    }
-
-    fn set_delay(&self, ms: u64) {
-        self.delay_ms.store(ms, Ordering::Relaxed);
-    }
-}
-
-async fn pump(
-    mut from: tokio::net::tcp::OwnedReadHalf,
-    mut to: tokio::net::tcp::OwnedWriteHalf,
-    delay: Arc<AtomicU64>,
-    rate: Option<u64>,
-) {
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<(tokio::time::Instant, Vec<u8>)>(256);
-    let reader = async move {
-        let mut buf = vec![0u8; 16 * 1024];
-        loop {
-            match from.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    let due = tokio::time::Instant::now() + Duration::from_millis(delay.load(Ordering::Relaxed));
-                    if tx.send((due, buf[..n].to_vec())).await.is_err() {
-                        break;
-                    }
-                }
-            }
-        }
-    };
-    let writer = async move {
-        while let Some((due, data)) = rx.recv().await {
-            // The simulated network: delivery `delay` after sending, at `rate`.
-            tokio::time::sleep_until(due).await;
-            if to.write_all(&data).await.is_err() {
-                break;
-            }
-            if let Some(rate) = rate {
-                tokio::time::sleep(Duration::from_secs_f64(data.len() as f64 / rate as f64)).await;
-            }
-        }
-        let _ = to.shutdown().await;
-    };
-    tokio::join!(reader, writer);
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn converges_on_the_fastest_compliant_provider_and_moves_away_when_it_degrades() {
     let (near, far, cn) = (
@@ -258,8 +175,8 @@ async fn converges_on_the_fastest_compliant_provider_and_moves_away_when_it_degr
         provider("de-far").await,
         provider("cn-1").await,
     );
-    let near_path = DelayRelay::start(near.addr, 2).await;
-    let far_path = DelayRelay::start(far.addr, 25).await;
+    let near_path = DelayRelay::start(near.addr, Duration::from_millis(2)).await.unwrap();
+    let far_path = DelayRelay::start(far.addr, Duration::from_millis(25)).await.unwrap();
     let toml = fleet_toml(
         &[
             ("de-near", "DE", near_path.addr),
@@ -284,7 +201,7 @@ async fn converges_on_the_fastest_compliant_provider_and_moves_away_when_it_degr
     assert!(near_count >= 18, "only {near_count}/20 went to the nearest provider");
 
     // The near path degrades: within 5 s traffic moves to the other compliant one.
-    near_path.set_delay(80);
+    near_path.set_delay(Duration::from_millis(80));
     let start = tokio::time::Instant::now();
     let mut streak = 0;
     while streak < 5 {
@@ -302,8 +219,10 @@ async fn converges_on_the_fastest_compliant_provider_and_moves_away_when_it_degr
 async fn small_objects_follow_rtt_and_large_ones_follow_bandwidth() {
     let (near, wide) = (provider("de-near").await, provider("de-wide").await);
     // Near but narrow (2 ms, 4 MB/s) against far but wide (30 ms, uncapped).
-    let near_path = DelayRelay::with_rate(near.addr, 2, Some(4_000_000)).await;
-    let wide_path = DelayRelay::start(wide.addr, 30).await;
+    let near_path = DelayRelay::with_rate(near.addr, Duration::from_millis(2), Some(4_000_000))
+        .await
+        .unwrap();
+    let wide_path = DelayRelay::start(wide.addr, Duration::from_millis(30)).await.unwrap();
     const BIG: usize = 2 << 20;
     for p in [&near, &wide] {
         let mut c = h1(p.addr).await;
@@ -351,8 +270,8 @@ async fn small_objects_follow_rtt_and_large_ones_follow_bandwidth() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn probes_measure_providers_before_any_traffic() {
     let (near, far) = (provider("de-near").await, provider("de-far").await);
-    let near_path = DelayRelay::start(near.addr, 2).await;
-    let far_path = DelayRelay::start(far.addr, 30).await;
+    let near_path = DelayRelay::start(near.addr, Duration::from_millis(2)).await.unwrap();
+    let far_path = DelayRelay::start(far.addr, Duration::from_millis(30)).await.unwrap();
     let dead = free_port();
     let toml = fleet_toml(
         &[
