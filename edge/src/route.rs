@@ -278,3 +278,6 @@ impl Routing {
         })
     }
 }
+
+#[cfg(test)]
+mod tests;
