@@ -38,8 +38,10 @@ fn compare_produces_a_full_report() {
             assert!(rps > 0.0, "{row}");
             assert_eq!(cells[7], "0", "errors in {row}");
             if target != "direct" {
-                let cpu: f64 = cells[8].parse().unwrap();
-                assert!(cpu > 0.0, "{row}");
+                // Measured (a number, not "-"); a one-second run may use less CPU
+                // than one clock tick, so zero is possible here.
+                let cpu: f64 = cells[8].parse().unwrap_or_else(|_| panic!("no CPU figure in {row}"));
+                assert!(cpu >= 0.0, "{row}");
             }
         }
     }

@@ -137,6 +137,16 @@ pub struct ProbeConfig {
     pub timeout: HumanDuration,
     /// Path sent with `HEAD`.
     pub path: String,
+    /// Object fetched by bandwidth probes; no bandwidth probes without it (traffic
+    /// still measures bandwidth).
+    pub bandwidth_path: Option<String>,
+    /// Time between bandwidth probes of one provider.
+    pub bandwidth_interval: HumanDuration,
+    /// Most bytes one bandwidth probe reads.
+    pub bandwidth_max_bytes: u64,
+    /// Most bytes bandwidth probes may read from one provider per hour (egress costs
+    /// money); a probe that would exceed it reads less or waits.
+    pub bandwidth_budget_per_hour: u64,
 }
 
 impl Default for ProbeConfig {
@@ -146,6 +156,10 @@ impl Default for ProbeConfig {
             interval: HumanDuration(Duration::from_secs(5)),
             timeout: HumanDuration(Duration::from_secs(2)),
             path: "/".into(),
+            bandwidth_path: None,
+            bandwidth_interval: HumanDuration(Duration::from_secs(300)),
+            bandwidth_max_bytes: 1 << 20,
+            bandwidth_budget_per_hour: 64 << 20,
         }
     }
 }
@@ -499,6 +513,14 @@ impl EdgeConfig {
                 key,
                 message: e.message,
             });
+        }
+        if raw
+            .probes
+            .bandwidth_path
+            .as_deref()
+            .is_some_and(|p| !p.starts_with('/'))
+        {
+            return Err(at(None, "probes.bandwidth_path", "must start with `/`".into()).with_line(src));
         }
         if !raw.probes.path.starts_with('/') {
             return Err(at(None, "probes.path", "must start with `/`".into()).with_line(src));

@@ -13,7 +13,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::uri::{Authority, Scheme as UriScheme};
-use http::{Request, Response};
+use http::{Method, Request, Response};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::{Connected, Connection};
@@ -196,10 +196,33 @@ impl ProviderPool {
         &self.scheme
     }
 
-    /// One active probe: a fresh connection (TCP, TLS when configured), then a `HEAD`
-    /// of `path`. Returns the round trip of the `HEAD` alone, comparable with the
-    /// time to first byte of requests on pooled connections.
+    /// One active RTT probe: a fresh connection (TCP, TLS when configured), then a
+    /// `HEAD` of `path`. Returns the round trip of the `HEAD` alone, comparable with
+    /// the time to first byte of requests on pooled connections.
     pub async fn probe(&self, path: &str, timeout: Duration) -> Result<Duration, UpstreamError> {
+        self.probe_request(Method::HEAD, path, 0, timeout).await.map(|r| r.rtt)
+    }
+
+    /// One bandwidth probe: a `GET` of `path`, reading at most `max_bytes` of the
+    /// body. Returns the bytes read and the time they took after the first byte.
+    pub async fn probe_bandwidth(
+        &self,
+        path: &str,
+        max_bytes: u64,
+        timeout: Duration,
+    ) -> Result<(u64, Duration), UpstreamError> {
+        self.probe_request(Method::GET, path, max_bytes, timeout)
+            .await
+            .map(|r| (r.bytes, r.transfer))
+    }
+
+    async fn probe_request(
+        &self,
+        method: Method,
+        path: &str,
+        max_bytes: u64,
+        timeout: Duration,
+    ) -> Result<ProbeResult, UpstreamError> {
         let probe = async {
             let permit = self
                 .prober
@@ -219,30 +242,52 @@ impl ProviderPool {
                 .clone()
                 .unwrap_or_else(|| self.authority.to_string());
             let exchange = |e: hyper::Error| UpstreamError::Exchange(error_chain(&e));
+            let bad = |e: http::Error| UpstreamError::Exchange(e.to_string());
             let started = tokio::time::Instant::now();
-            let status = if self.spec.protocol == Protocol::Http2 {
+            let resp = if self.spec.protocol == Protocol::Http2 {
                 let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
                     .await
                     .map_err(exchange)?;
                 tokio::spawn(conn);
                 let uri = format!("{}://{host}{path}", self.scheme);
-                let req = Request::head(uri)
+                let req = Request::builder()
+                    .method(method)
+                    .uri(uri)
                     .body(probe_body())
-                    .map_err(|e| UpstreamError::Exchange(e.to_string()))?;
-                send.send_request(req).await.map_err(exchange)?.status()
+                    .map_err(bad)?;
+                send.send_request(req).await.map_err(exchange)?
             } else {
                 let (mut send, conn) = hyper::client::conn::http1::handshake(io).await.map_err(exchange)?;
                 tokio::spawn(conn);
-                let req = Request::head(path)
+                let req = Request::builder()
+                    .method(method)
+                    .uri(path)
                     .header(http::header::HOST, host)
                     .body(probe_body())
-                    .map_err(|e| UpstreamError::Exchange(e.to_string()))?;
-                send.send_request(req).await.map_err(exchange)?.status()
+                    .map_err(bad)?;
+                send.send_request(req).await.map_err(exchange)?
             };
-            if status.is_server_error() {
-                return Err(UpstreamError::Exchange(format!("probe answered {status}")));
+            let rtt = started.elapsed();
+            if resp.status().is_server_error() {
+                return Err(UpstreamError::Exchange(format!("probe answered {}", resp.status())));
             }
-            Ok(started.elapsed())
+            let head = tokio::time::Instant::now();
+            let mut body = resp.into_body();
+            let mut bytes = 0u64;
+            while bytes < max_bytes {
+                let Some(frame) = http_body_util::BodyExt::frame(&mut body).await else {
+                    break;
+                };
+                if let Ok(data) = frame.map_err(exchange)?.into_data() {
+                    bytes += data.len() as u64;
+                }
+            }
+            // Stopping early drops the connection: the byte budget is a hard limit.
+            Ok(ProbeResult {
+                rtt,
+                bytes,
+                transfer: head.elapsed(),
+            })
         };
         match tokio::time::timeout(timeout, probe).await {
             Ok(r) => r,
@@ -338,6 +383,12 @@ impl http_body::Body for UpstreamBody {
             UpstreamBody::H2(b) => b.size_hint(),
         }
     }
+}
+
+struct ProbeResult {
+    rtt: Duration,
+    bytes: u64,
+    transfer: Duration,
 }
 
 fn probe_body() -> ProxyBody {

@@ -298,3 +298,69 @@ async fn probes_measure_providers_before_any_traffic() {
         "the very first request already knows which provider is nearest: {route}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bandwidth_probes_stay_within_their_budget_and_steer_large_objects() {
+    let (near, wide) = (provider("de-near").await, provider("de-wide").await);
+    let near_path = DelayRelay::with_rate(near.addr, Duration::from_millis(2), Some(4_000_000))
+        .await
+        .unwrap();
+    let wide_path = DelayRelay::start(wide.addr, Duration::from_millis(30)).await.unwrap();
+    for p in [&near, &wide] {
+        let mut c = h1(p.addr).await;
+        let put = http::Request::put("/probe-object")
+            .header("host", "x")
+            .body(Body::from(vec![1u8; 512 * 1024]))
+            .unwrap();
+        assert_eq!(c.send_request(put).await.unwrap().status(), 200);
+    }
+    // 256 KiB per probe, 1 MiB per provider per hour: four probes each, then no more.
+    let toml = fleet_toml(
+        &[("de-near", "DE", near_path.addr), ("de-wide", "DE", wide_path.addr)],
+        "[origin]\ndefault = \"DE\"\n[forwarding]\ntrusted_hops = [\"127.0.0.0/8\"]\n\
+         [probes]\ninterval = \"50ms\"\ntimeout = \"1s\"\nbandwidth_path = \"/probe-object\"\n\
+         bandwidth_interval = \"100ms\"\nbandwidth_max_bytes = 262144\nbandwidth_budget_per_hour = 1048576\n",
+    );
+    let e = edge(&toml, Path::new(".")).await;
+    poll_until(Duration::from_secs(20), || async {
+        (near.gets("/probe-object") >= 3 && wide.gets("/probe-object") >= 3).then_some(())
+    })
+    .await;
+    // Many more bandwidth intervals pass (counted in RTT probe rounds): the budget
+    // stops the probes at four at most (the last one reads what is left of it).
+    let near = &near;
+    let rounds = |n: u64| {
+        let start = near.requests();
+        poll_until(Duration::from_secs(10), move || async move {
+            (near.requests() >= start + n).then_some(())
+        })
+    };
+    rounds(10).await;
+    let spent = (near.gets("/probe-object"), wide.gets("/probe-object"));
+    rounds(10).await;
+    assert_eq!(
+        (near.gets("/probe-object"), wide.gets("/probe-object")),
+        spent,
+        "probes went on past the budget"
+    );
+    assert!(spent.0 <= 4 && spent.1 <= 4, "{spent:?}");
+
+    // Before any traffic, a large object already goes to the wide provider and a
+    // small one to the near provider.
+    let size = (2u64 << 20).to_string();
+    let (_, h, _) = status_and_text(
+        e.http_addr.unwrap(),
+        "x",
+        "/_sim/echo",
+        &[("x-meridian-size-hint", size.as_str()), ("x-meridian-explain", "1")],
+    )
+    .await;
+    let route = h["x-meridian-route"].to_str().unwrap();
+    assert!(
+        route.contains("provider=de-wide") && route.ends_with("lowest estimated completion time"),
+        "{route}"
+    );
+    let (_, h, _) = status_and_text(e.http_addr.unwrap(), "x", "/_sim/echo", &[("x-meridian-explain", "1")]).await;
+    let route = h["x-meridian-route"].to_str().unwrap();
+    assert!(route.contains("provider=de-near"), "{route}");
+}

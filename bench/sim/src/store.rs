@@ -83,6 +83,7 @@ struct State {
     name: HeaderValue,
     storage: Storage,
     objects: Arc<Objects>,
+    gets: DashMap<String, u64>,
     accepted: AtomicU64,
     open: AtomicU64,
     peak: AtomicU64,
@@ -119,6 +120,7 @@ impl SimProvider {
             name: HeaderValue::from_str(&cfg.name).map_err(io::Error::other)?,
             storage: cfg.storage,
             objects: cfg.objects.unwrap_or_default(),
+            gets: DashMap::new(),
             accepted: AtomicU64::new(0),
             open: AtomicU64::new(0),
             peak: AtomicU64::new(0),
@@ -146,6 +148,11 @@ impl SimProvider {
     /// Requests received so far (all paths).
     pub fn requests(&self) -> u64 {
         self.state.requests.load(Ordering::Relaxed)
+    }
+
+    /// How many `GET`s of the object at `path` were answered.
+    pub fn gets(&self, path: &str) -> u64 {
+        self.state.gets.get(path).map_or(0, |n| *n)
     }
 
     /// Whether an object is stored under `path`.
@@ -213,7 +220,12 @@ async fn handle(req: Request<Incoming>, state: &State, conn_id: u64) -> Response
     } else {
         match *req.method() {
             Method::PUT => put(&path, req.into_body(), state).await,
-            Method::GET | Method::HEAD => get(&path, &req, state).await,
+            Method::GET | Method::HEAD => {
+                if req.method() == Method::GET {
+                    *state.gets.entry(path.clone()).or_insert(0) += 1;
+                }
+                get(&path, &req, state).await
+            }
             Method::DELETE => delete(&path, state).await,
             _ => plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
         }
