@@ -121,14 +121,39 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Diagnostics go to stderr, human or JSON as asked; the access log (target
+/// `meridian::access`, one line per request with its routing decision) is its own
+/// stream: JSON lines on stdout.
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("MERIDIAN_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Human => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+    use tracing_subscriber::filter::{FilterFn, filter_fn};
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{EnvFilter, Layer, fmt};
+
+    const ACCESS: &str = "meridian::access";
+    let filter = EnvFilter::try_from_env("MERIDIAN_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let not_access = FilterFn::new(|m| m.target() != ACCESS);
+    let diagnostics = match format {
+        LogFormat::Human => fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_filter(not_access)
+            .boxed(),
+        LogFormat::Json => fmt::layer()
+            .json()
+            .with_writer(std::io::stderr)
+            .with_filter(not_access)
+            .boxed(),
+    };
+    let access = fmt::layer()
+        .json()
+        .flatten_event(true)
+        .with_current_span(false)
+        .with_span_list(false)
+        .with_writer(std::io::stdout)
+        .with_filter(filter_fn(|m| m.target() == ACCESS));
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(diagnostics)
+        .with(access)
+        .init();
 }

@@ -244,3 +244,33 @@ async fn one_gib_up_and_down_streams_intact_within_64_mib_of_edge_memory() {
     );
     assert!(peak < 64 << 20, "edge peak RSS {peak} bytes exceeds 64 MiB");
 }
+
+#[tokio::test]
+async fn the_access_log_is_a_json_line_per_request_with_the_routing_decision() {
+    let p = provider("p1").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (toml, http, _, admin) = process_config(p.addr, false, "");
+    let access = dir.path().join("access.log");
+    let _edge = EdgeProcess::start_with_access_log(write_config(dir.path(), &toml), admin, &access).await;
+    let r = get(http, "x", "/_sim/echo").await;
+    assert_eq!(r.status(), 200);
+    let line = poll_until(Duration::from_secs(10), || async {
+        std::fs::read_to_string(&access)
+            .ok()?
+            .lines()
+            .find(|l| l.contains("\"provider\""))
+            .map(str::to_owned)
+    })
+    .await;
+    let doc: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    assert_eq!(doc["target"], "meridian::access");
+    assert_eq!(doc["method"], "GET");
+    assert_eq!(doc["status"], 200);
+    // No source knew the origin; the policy's `unknown_origin = "DE"` stood in.
+    assert_eq!(doc["origin"], "unknown");
+    assert_eq!(doc["origin_source"], "none");
+    assert_eq!(doc["candidates"], 1);
+    assert_eq!(doc["provider"], "p1");
+    assert_eq!(doc["jurisdiction"], "DE");
+    assert!(doc["reason"].as_str().is_some_and(|r| !r.is_empty()), "{doc}");
+}

@@ -261,16 +261,27 @@ impl EdgeProcess {
     /// As [`start`](Self::start), with the edge's log written to `log`.
     pub async fn start_logged(config: PathBuf, admin: SocketAddr, log: &Path) -> EdgeProcess {
         let file = std::fs::File::create(log).unwrap();
-        Self::spawn(config, admin, Stdio::from(file)).await
+        Self::spawn_with(config, admin, Stdio::from(file), Stdio::inherit()).await
+    }
+
+    /// As [`start`](Self::start), with the access log (stdout) written to `access`.
+    pub async fn start_with_access_log(config: PathBuf, admin: SocketAddr, access: &Path) -> EdgeProcess {
+        let file = std::fs::File::create(access).unwrap();
+        Self::spawn_with(config, admin, Stdio::inherit(), Stdio::from(file)).await
     }
 
     async fn spawn(config: PathBuf, admin: SocketAddr, stderr: Stdio) -> EdgeProcess {
+        Self::spawn_with(config, admin, stderr, Stdio::inherit()).await
+    }
+
+    async fn spawn_with(config: PathBuf, admin: SocketAddr, stderr: Stdio, stdout: Stdio) -> EdgeProcess {
         let child = Command::new(env!("CARGO_BIN_EXE_meridian-edge"))
             .args(["run", "--config"])
             .arg(&config)
             .env("MERIDIAN_LOG", "info")
             .stdin(Stdio::null())
             .stderr(stderr)
+            .stdout(stdout)
             .spawn()
             .unwrap();
         let p = EdgeProcess { child, config };
