@@ -30,6 +30,7 @@ use crate::headers::{self, Hop, ViaValues};
 use crate::origin::{Origin, RequestFacts};
 use crate::respond::Refusal;
 use crate::route::{RouteError, Routing, Target};
+use crate::selector::SizeTable;
 use crate::upstream::{self, UpstreamBody, UpstreamError};
 
 /// Everything a request needs from the configuration, swapped as one unit.
@@ -66,6 +67,8 @@ pub struct ConnInfo {
 #[derive(Debug)]
 pub struct Proxy {
     snapshot: ArcSwap<Snapshot>,
+    /// Response sizes learned per route; kept across snapshots.
+    sizes: SizeTable,
 }
 
 impl Proxy {
@@ -73,6 +76,7 @@ impl Proxy {
     pub fn new(snapshot: Snapshot) -> Arc<Self> {
         Arc::new(Proxy {
             snapshot: ArcSwap::from_pointee(snapshot),
+            sizes: SizeTable::default(),
         })
     }
 
@@ -104,7 +108,7 @@ impl Proxy {
         // provider for a while, longer than an arc-swap guard should be held.
         let snap = self.snapshot.load_full();
         let method = req.method().clone();
-        match forward(&snap, req, conn).await {
+        match forward(&snap, &self.sizes, req, conn).await {
             Ok(Forwarded {
                 response,
                 target,
@@ -183,7 +187,7 @@ impl From<Refusal> for Refused {
     }
 }
 
-async fn forward<B>(snap: &Snapshot, req: Request<B>, conn: &ConnInfo) -> Result<Forwarded, Refused>
+async fn forward<B>(snap: &Snapshot, sizes: &SizeTable, req: Request<B>, conn: &ConnInfo) -> Result<Forwarded, Refused>
 where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
@@ -219,7 +223,13 @@ where
     // Residency claims and explain requests are for this edge only, trusted or not.
     parts.headers.remove(snap.routing.origin().header());
     parts.headers.remove(&EXPLAIN);
-    let bytes = expected_bytes(&parts.headers);
+    // GETs rarely announce their size: learn it per route (host and first segment).
+    let size_key =
+        (parts.method == Method::GET).then(|| SizeTable::key(host_name.as_deref().unwrap_or(""), parts.uri.path()));
+    let bytes = match expected_bytes(&parts.headers) {
+        0 => size_key.map_or(0, |k| sizes.expected_at(k)),
+        announced => announced,
+    };
     parts.headers.remove(&SIZE_HINT);
 
     let wants_trailers = headers::strip_hop_by_hop(&mut parts.headers);
@@ -264,6 +274,12 @@ where
                 let now = Instant::now();
                 let stats = target.stats();
                 stats.observe_rtt(now.saturating_duration_since(sent), now);
+                if let (Some(key), true) = (size_key, resp.status().is_success()) {
+                    let length = resp.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok());
+                    if let Some(n) = length.and_then(|v| v.parse::<u64>().ok()) {
+                        sizes.learn_at(key, n);
+                    }
+                }
                 if resp.status().is_server_error() {
                     stats.observe_failure(now);
                 } else {

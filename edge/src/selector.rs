@@ -166,6 +166,70 @@ impl Drop for InflightToken {
     }
 }
 
+/// Response sizes learned per route (request host and first path segment, e.g. a
+/// bucket), so a `GET` that announces no size still finds the provider that
+/// finishes it soonest. A fixed table of atomics: untrusted paths can collide, which
+/// only blurs an estimate, and can never grow memory.
+#[derive(Debug)]
+pub struct SizeTable {
+    slots: Box<[std::sync::atomic::AtomicU64]>,
+}
+
+const SIZE_SLOTS: usize = 4096;
+
+impl Default for SizeTable {
+    fn default() -> Self {
+        SizeTable {
+            slots: (0..SIZE_SLOTS).map(|_| std::sync::atomic::AtomicU64::new(0)).collect(),
+        }
+    }
+}
+
+/// Where one route's size lives in a [`SizeTable`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteKey(usize);
+
+impl SizeTable {
+    /// The key of the route of a request to `host` for `path`.
+    pub fn key(host: &str, path: &str) -> RouteKey {
+        RouteKey(Self::slot(host, path))
+    }
+
+    /// The learned response size at `key`, 0 when unknown.
+    pub fn expected_at(&self, key: RouteKey) -> u64 {
+        self.slots[key.0].load(Ordering::Relaxed)
+    }
+
+    /// Learns a response of `bytes` at `key`.
+    pub fn learn_at(&self, key: RouteKey, bytes: u64) {
+        let slot = &self.slots[key.0];
+        let old = slot.load(Ordering::Relaxed);
+        let new = if old == 0 { bytes } else { old - old / 4 + bytes / 4 };
+        slot.store(new.max(1), Ordering::Relaxed);
+    }
+
+    fn slot(host: &str, path: &str) -> usize {
+        // FNV-1a: allocation-free and fast; not for anything adversarially hard.
+        let segment = path.trim_start_matches('/').split('/').next().unwrap_or("");
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in host.bytes().chain(std::iter::once(b'/')).chain(segment.bytes()) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        (h % SIZE_SLOTS as u64) as usize
+    }
+
+    /// The learned response size for this route, 0 when unknown.
+    pub fn expected(&self, host: &str, path: &str) -> u64 {
+        self.expected_at(Self::key(host, path))
+    }
+
+    /// Learns from a response of `bytes` (moving average, a quarter per sample).
+    pub fn learn(&self, host: &str, path: &str, bytes: u64) {
+        self.learn_at(Self::key(host, path), bytes);
+    }
+}
+
 /// A candidate: its index in the fleet and its cost now (`None`: not usable).
 pub type Candidate = (usize, Option<f64>);
 

@@ -250,8 +250,10 @@ async fn small_objects_follow_rtt_and_large_ones_follow_bandwidth() {
         let (status, _, body) = status_and_text(addr, "x", "/big", &large).await;
         assert_eq!((status, body.len()), (200, BIG));
     }
+    // Without a size hint too: the size of `/big` has been learned from its responses.
+    let learned = [("x-meridian-explain", "1")];
     for _ in 0..4 {
-        let (_, h, body) = status_and_text(addr, "x", "/big", &large).await;
+        let (_, h, body) = status_and_text(addr, "x", "/big", &learned).await;
         assert_eq!(body.len(), BIG);
         assert_eq!(
             served_by(&h),

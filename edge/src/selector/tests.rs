@@ -91,6 +91,17 @@ fn power_of_two_spreads_load_over_equal_candidates() {
     assert!(counts.iter().all(|&c| c > 500), "{counts:?}");
 }
 
+#[test]
+fn sizes_are_learned_per_host_and_first_path_segment() {
+    let t = SizeTable::default();
+    assert_eq!(t.expected("a.test", "/videos/x.mp4"), 0);
+    t.learn("a.test", "/videos/x.mp4", 8 << 20);
+    assert_eq!(t.expected("a.test", "/videos/other.mp4"), 8 << 20, "same bucket");
+    assert_eq!(t.expected("b.test", "/videos/x.mp4"), 0, "other host");
+    t.learn("a.test", "/videos/y", 0);
+    assert_eq!(t.expected("a.test", "/videos/z"), 6 << 20, "a moving average");
+}
+
 proptest! {
     #[test]
     fn choice_is_always_a_usable_candidate(costs in prop::collection::vec(prop::option::of(0.0001f64..10.0), 0..20), seed in any::<u64>()) {
