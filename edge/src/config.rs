@@ -122,7 +122,36 @@ struct RawConfig {
     log: LogConfig,
     #[serde(default)]
     probes: ProbeConfig,
+    #[serde(default)]
+    hedging: HedgingConfig,
     fleet: Fleet,
+}
+
+/// Hedged GETs: when the first provider has not answered by a latency percentile,
+/// the next-best allowed provider is asked too and the first answer wins. Off by
+/// default: it costs provider egress.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HedgingConfig {
+    /// Hedge at all.
+    pub enabled: bool,
+    /// Hedge after this quantile of recent times to first byte (0.5 to 0.999).
+    pub percentile: f64,
+    /// Never hedge sooner than this.
+    pub min_delay: HumanDuration,
+    /// Never wait longer than this before hedging.
+    pub max_delay: HumanDuration,
+}
+
+impl Default for HedgingConfig {
+    fn default() -> Self {
+        HedgingConfig {
+            enabled: false,
+            percentile: 0.95,
+            min_delay: HumanDuration(Duration::from_millis(5)),
+            max_delay: HumanDuration(Duration::from_secs(1)),
+        }
+    }
 }
 
 /// Active probes of every provider.
@@ -471,6 +500,8 @@ pub struct EdgeConfig {
     pub log: LogConfig,
     /// Active probes.
     pub probes: ProbeConfig,
+    /// Hedged GETs.
+    pub hedging: HedgingConfig,
     /// Providers, policy and tenants: the model the control plane will push.
     pub fleet: Fleet,
 }
@@ -521,6 +552,9 @@ impl EdgeConfig {
             .is_some_and(|p| !p.starts_with('/'))
         {
             return Err(at(None, "probes.bandwidth_path", "must start with `/`".into()).with_line(src));
+        }
+        if !(0.5..=0.999).contains(&raw.hedging.percentile) {
+            return Err(at(None, "hedging.percentile", "must be between 0.5 and 0.999".into()).with_line(src));
         }
         if !raw.probes.path.starts_with('/') {
             return Err(at(None, "probes.path", "must start with `/`".into()).with_line(src));
@@ -668,6 +702,7 @@ impl EdgeConfig {
             origin,
             log: raw.log,
             probes: raw.probes,
+            hedging: raw.hedging,
             fleet: raw.fleet,
         })
     }

@@ -24,13 +24,13 @@ use http_body_util::BodyExt;
 use meridian_proto::Protocol;
 
 use crate::body::{BoxError, ProxyBody, ResponseBody, TimedBody};
-use crate::config::{Forwarding, canonical_ip};
+use crate::config::{Forwarding, HedgingConfig, canonical_ip};
 use crate::conn::ConnState;
 use crate::headers::{self, Hop, ViaValues};
 use crate::origin::{Origin, RequestFacts};
 use crate::respond::Refusal;
 use crate::route::{RouteError, Routing, Target};
-use crate::selector::SizeTable;
+use crate::selector::{LatencyTracker, SizeTable};
 use crate::upstream::{self, UpstreamBody, UpstreamError};
 
 /// Everything a request needs from the configuration, swapped as one unit.
@@ -40,6 +40,8 @@ pub struct Snapshot {
     pub routing: Routing,
     /// Whether to write an access-log line per request.
     pub access_log: bool,
+    /// Hedged GETs.
+    pub hedging: HedgingConfig,
     /// Trusted hops and `Via` name.
     pub forwarding: Forwarding,
     /// `Via` elements, built once.
@@ -67,8 +69,17 @@ pub struct ConnInfo {
 #[derive(Debug)]
 pub struct Proxy {
     snapshot: ArcSwap<Snapshot>,
-    /// Response sizes learned per route; kept across snapshots.
+    /// What traffic taught this edge; kept across snapshots.
+    learned: Learned,
+}
+
+/// Knowledge gathered from traffic rather than configured.
+#[derive(Debug, Default)]
+struct Learned {
+    /// Response sizes per route.
     sizes: SizeTable,
+    /// Times to first byte, for hedging.
+    latency: LatencyTracker,
 }
 
 impl Proxy {
@@ -76,7 +87,7 @@ impl Proxy {
     pub fn new(snapshot: Snapshot) -> Arc<Self> {
         Arc::new(Proxy {
             snapshot: ArcSwap::from_pointee(snapshot),
-            sizes: SizeTable::default(),
+            learned: Learned::default(),
         })
     }
 
@@ -108,7 +119,7 @@ impl Proxy {
         // provider for a while, longer than an arc-swap guard should be held.
         let snap = self.snapshot.load_full();
         let method = req.method().clone();
-        match forward(&snap, &self.sizes, req, conn).await {
+        match forward(&snap, &self.learned, req, conn).await {
             Ok(Forwarded {
                 response,
                 target,
@@ -187,7 +198,7 @@ impl From<Refusal> for Refused {
     }
 }
 
-async fn forward<B>(snap: &Snapshot, sizes: &SizeTable, req: Request<B>, conn: &ConnInfo) -> Result<Forwarded, Refused>
+async fn forward<B>(snap: &Snapshot, learned: &Learned, req: Request<B>, conn: &ConnInfo) -> Result<Forwarded, Refused>
 where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
@@ -227,7 +238,7 @@ where
     let size_key =
         (parts.method == Method::GET).then(|| SizeTable::key(host_name.as_deref().unwrap_or(""), parts.uri.path()));
     let bytes = match expected_bytes(&parts.headers) {
-        0 => size_key.map_or(0, |k| sizes.expected_at(k)),
+        0 => size_key.map_or(0, |k| learned.sizes.expected_at(k)),
         announced => announced,
     };
     parts.headers.remove(&SIZE_HINT);
@@ -268,16 +279,29 @@ where
             }
         };
         aim(&mut req, &target, client_host.clone())?;
-        let sent = Instant::now();
-        match upstream::send(&target, req).await {
+        let hedge =
+            snap.hedging.enabled && exclude.is_none() && req.method() == Method::GET && req.body().is_end_stream();
+        let (target, sent, result) = if hedge {
+            let after = hedge_delay(&snap.hedging, &learned.latency);
+            send_hedged(snap, origin, bytes, target, req, after, client_host.clone()).await
+        } else {
+            let sent = Instant::now();
+            let result = upstream::send(&target, req).await;
+            (target, sent, result)
+        };
+        match result {
             Ok(resp) => {
                 let now = Instant::now();
                 let stats = target.stats();
-                stats.observe_rtt(now.saturating_duration_since(sent), now);
+                let ttfb = now.saturating_duration_since(sent);
+                stats.observe_rtt(ttfb, now);
+                if snap.hedging.enabled {
+                    learned.latency.record(ttfb);
+                }
                 if let (Some(key), true) = (size_key, resp.status().is_success()) {
                     let length = resp.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok());
                     if let Some(n) = length.and_then(|v| v.parse::<u64>().ok()) {
-                        sizes.learn_at(key, n);
+                        learned.sizes.learn_at(key, n);
                     }
                 }
                 if resp.status().is_server_error() {
@@ -312,6 +336,74 @@ where
             }
         }
     }
+}
+
+/// How long to wait for the first provider before hedging: the configured quantile
+/// of recent times to first byte, within the configured bounds.
+fn hedge_delay(cfg: &HedgingConfig, latency: &LatencyTracker) -> Duration {
+    latency
+        .quantile(cfg.percentile, 100)
+        .unwrap_or(cfg.max_delay.0)
+        .clamp(cfg.min_delay.0, cfg.max_delay.0.max(cfg.min_delay.0))
+}
+
+/// Sends a body-less GET to `first`; if no response head arrived `after` it, sends a
+/// copy to the next-best provider the policy allows (never another) and takes the
+/// first success. Returns the winner, when its request was sent, and the result.
+async fn send_hedged(
+    snap: &Snapshot,
+    origin: Origin,
+    bytes: u64,
+    first: Target,
+    req: Request<ProxyBody>,
+    after: Duration,
+    client_host: Option<HeaderValue>,
+) -> (Target, Instant, Result<Response<UpstreamBody>, upstream::SendFailure>) {
+    let mut copy = Request::new(empty_body());
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    let first_sent = Instant::now();
+    let primary = upstream::send(&first, req);
+    tokio::pin!(primary);
+    tokio::select! {
+        r = &mut primary => return (first.clone_for_hedge(), first_sent, r),
+        _ = tokio::time::sleep(after) => {}
+    }
+    // The first provider is slower than usual: that is a sample too.
+    first.stats().observe_rtt(after, Instant::now());
+    let second = match snap.routing.route(origin, bytes, Some(first.index()), Instant::now()) {
+        Ok(t) if aim(&mut copy, &t, client_host).is_ok() => t,
+        _ => {
+            let r = primary.await;
+            return (first.clone_for_hedge(), first_sent, r);
+        }
+    };
+    let second_sent = Instant::now();
+    let backup = upstream::send(&second, copy);
+    tokio::pin!(backup);
+    let (first_won, r) = tokio::select! {
+        r = &mut primary => (true, r),
+        r = &mut backup => (false, r),
+    };
+    let (first_won, r) = match (first_won, r) {
+        (won, Ok(resp)) => (won, Ok(resp)),
+        // One failed: the other may still answer.
+        (true, Err(_)) => (false, backup.await),
+        (false, Err(_)) => (true, primary.await),
+    };
+    if first_won {
+        (first.clone_for_hedge(), first_sent, r)
+    } else {
+        (second.clone_for_hedge(), second_sent, r)
+    }
+}
+
+fn empty_body() -> ProxyBody {
+    http_body_util::Empty::new()
+        .map_err(|never| match never {})
+        .boxed_unsync()
 }
 
 /// Points a prepared request at `target`: request target form, `Host` or

@@ -80,6 +80,18 @@ pub struct Target {
 }
 
 impl Target {
+    /// The same choice again, with its own in-flight mark: lets a hedged request
+    /// hand back its winner while the losing exchange still borrows the original.
+    /// Not a new decision: the provider is one routing chose.
+    pub(crate) fn clone_for_hedge(&self) -> Target {
+        Target {
+            index: self.index,
+            provider: self.provider.clone(),
+            decision: self.decision,
+            _inflight: self.provider.stats.begin(),
+        }
+    }
+
     /// The pool that reaches the chosen provider.
     pub fn pool(&self) -> &ProviderPool {
         &self.provider.pool

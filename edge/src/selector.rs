@@ -230,6 +230,69 @@ impl SizeTable {
     }
 }
 
+/// Time-to-first-byte distribution of this edge's requests, for hedging after a
+/// percentile: log-scale buckets of atomic counts, halved as they fill so the
+/// distribution follows the present. One atomic add per sample.
+#[derive(Debug)]
+pub struct LatencyTracker {
+    buckets: [std::sync::atomic::AtomicU64; LATENCY_BUCKETS],
+}
+
+/// Bucket `i` holds samples below `2^(i/2)` microseconds (about 41 % apart), up to
+/// about 70 minutes.
+const LATENCY_BUCKETS: usize = 64;
+const HALVE_AT: u64 = 20_000;
+
+impl Default for LatencyTracker {
+    fn default() -> Self {
+        LatencyTracker {
+            buckets: std::array::from_fn(|_| std::sync::atomic::AtomicU64::new(0)),
+        }
+    }
+}
+
+impl LatencyTracker {
+    fn bucket(d: Duration) -> usize {
+        let us = d.as_micros().max(1) as f64;
+        ((us.log2() * 2.0).ceil() as usize).min(LATENCY_BUCKETS - 1)
+    }
+
+    fn upper(i: usize) -> Duration {
+        Duration::from_micros(2f64.powf(i as f64 / 2.0) as u64)
+    }
+
+    /// Adds a sample.
+    pub fn record(&self, d: Duration) {
+        let n = self.buckets[Self::bucket(d)].fetch_add(1, Ordering::Relaxed) + 1;
+        if n % 1024 == 0 {
+            let total: u64 = self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).sum();
+            if total >= HALVE_AT {
+                for b in &self.buckets {
+                    b.store(b.load(Ordering::Relaxed) / 2, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    /// The `q` quantile (0..1), or `None` before `min_samples` samples.
+    pub fn quantile(&self, q: f64, min_samples: u64) -> Option<Duration> {
+        let counts: [u64; LATENCY_BUCKETS] = std::array::from_fn(|i| self.buckets[i].load(Ordering::Relaxed));
+        let total: u64 = counts.iter().sum();
+        if total < min_samples.max(1) {
+            return None;
+        }
+        let want = (total as f64 * q).ceil() as u64;
+        let mut seen = 0;
+        for (i, c) in counts.iter().enumerate() {
+            seen += c;
+            if seen >= want {
+                return Some(Self::upper(i));
+            }
+        }
+        Some(Self::upper(LATENCY_BUCKETS - 1))
+    }
+}
+
 /// A candidate: its index in the fleet and its cost now (`None`: not usable).
 pub type Candidate = (usize, Option<f64>);
 

@@ -324,6 +324,7 @@ fn build_snapshot(
     Ok(Snapshot {
         routing,
         access_log: config.log.access,
+        hedging: config.hedging.clone(),
         forwarding: config.forwarding.clone(),
         via,
         max_uri_bytes: config.limits.max_uri_bytes as usize,

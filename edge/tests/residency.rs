@@ -366,3 +366,35 @@ async fn bandwidth_probes_stay_within_their_budget_and_steer_large_objects() {
     let route = h["x-meridian-route"].to_str().unwrap();
     assert!(route.contains("provider=de-near"), "{route}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hedged_gets_take_the_first_answer_and_stay_inside_the_allowed_set() {
+    let (a, b, cn) = (provider("de-a").await, provider("de-b").await, provider("cn-1").await);
+    let a_path = DelayRelay::start(a.addr, Duration::from_millis(2)).await.unwrap();
+    let b_path = DelayRelay::start(b.addr, Duration::from_millis(15)).await.unwrap();
+    // The CN provider is the nearest of all (no relay) but never allowed for DE data.
+    let toml = fleet_toml(
+        &[
+            ("de-a", "DE", a_path.addr),
+            ("de-b", "DE", b_path.addr),
+            ("cn-1", "CN", cn.addr),
+        ],
+        "[origin]\ndefault = \"DE\"\n\
+         [hedging]\nenabled = true\npercentile = 0.9\nmin_delay = \"20ms\"\nmax_delay = \"200ms\"\n",
+    );
+    let e = edge(&toml, Path::new(".")).await;
+    let addr = e.http_addr.unwrap();
+    for _ in 0..20 {
+        let (status, _, _) = status_and_text(addr, "x", "/_sim/echo", &[]).await;
+        assert_eq!(status, 200);
+    }
+    let (_, h, _) = status_and_text(addr, "x", "/_sim/echo", &[]).await;
+    assert_eq!(h["x-sim-provider"], "de-a", "the nearer provider is the first choice");
+
+    // The first choice turns slow: the hedge to the next-best allowed one answers.
+    a.set_head_delay(Duration::from_secs(3));
+    let (status, h, _) = status_and_text(addr, "x", "/_sim/echo", &[]).await;
+    assert_eq!(status, 200);
+    assert_eq!(h["x-sim-provider"], "de-b", "the hedge should have won");
+    assert_eq!(cn.requests(), 0, "hedging never leaves the allowed set");
+}

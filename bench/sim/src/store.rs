@@ -84,6 +84,8 @@ struct State {
     storage: Storage,
     objects: Arc<Objects>,
     gets: DashMap<String, u64>,
+    /// Added before every response head, in microseconds (a slow provider).
+    head_delay_us: AtomicU64,
     accepted: AtomicU64,
     open: AtomicU64,
     peak: AtomicU64,
@@ -121,6 +123,7 @@ impl SimProvider {
             storage: cfg.storage,
             objects: cfg.objects.unwrap_or_default(),
             gets: DashMap::new(),
+            head_delay_us: AtomicU64::new(0),
             accepted: AtomicU64::new(0),
             open: AtomicU64::new(0),
             peak: AtomicU64::new(0),
@@ -148,6 +151,14 @@ impl SimProvider {
     /// Requests received so far (all paths).
     pub fn requests(&self) -> u64 {
         self.state.requests.load(Ordering::Relaxed)
+    }
+
+    /// Delays every response head from now on by `delay` (the provider itself is
+    /// slow, as opposed to the network to it).
+    pub fn set_head_delay(&self, delay: Duration) {
+        self.state
+            .head_delay_us
+            .store(delay.as_micros() as u64, Ordering::Relaxed);
     }
 
     /// How many `GET`s of the object at `path` were answered.
@@ -213,6 +224,10 @@ async fn accept_loop(socket: TcpListener, tls: Option<TlsAcceptor>, state: Arc<S
 
 async fn handle(req: Request<Incoming>, state: &State, conn_id: u64) -> Response<SimBody> {
     state.requests.fetch_add(1, Ordering::Relaxed);
+    let delay = state.head_delay_us.load(Ordering::Relaxed);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_micros(delay)).await;
+    }
     let path = req.uri().path().to_owned();
     let mut resp = if let Some(diag) = path.strip_prefix("/_sim/") {
         let diag = diag.to_owned();

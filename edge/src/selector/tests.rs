@@ -102,6 +102,28 @@ fn sizes_are_learned_per_host_and_first_path_segment() {
     assert_eq!(t.expected("a.test", "/videos/z"), 6 << 20, "a moving average");
 }
 
+#[test]
+fn latency_quantiles_follow_the_samples() {
+    let t = LatencyTracker::default();
+    assert_eq!(t.quantile(0.95, 10), None, "too few samples");
+    for _ in 0..95 {
+        t.record(Duration::from_millis(2));
+    }
+    for _ in 0..5 {
+        t.record(Duration::from_millis(200));
+    }
+    let p50 = t.quantile(0.5, 10).unwrap();
+    let p99 = t.quantile(0.99, 10).unwrap();
+    assert!(
+        p50 >= Duration::from_millis(2) && p50 < Duration::from_millis(3),
+        "{p50:?}"
+    );
+    assert!(
+        p99 >= Duration::from_millis(200) && p99 < Duration::from_millis(300),
+        "{p99:?}"
+    );
+}
+
 proptest! {
     #[test]
     fn choice_is_always_a_usable_candidate(costs in prop::collection::vec(prop::option::of(0.0001f64..10.0), 0..20), seed in any::<u64>()) {
