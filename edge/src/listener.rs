@@ -2,8 +2,9 @@
 //! timeouts and graceful drain.
 //!
 //! Everything below this module sees plain `http::Request`s; the protocol that
-//! carried them stops here. A listener must never hold more connections than its
-//! limit, and must never let a connection outlive the drain deadline's process exit.
+//! carried them stops here. A listener must never serve more connections than the
+//! limit (each worker may hold one accepted connection waiting for a slot), and
+//! must never let a connection outlive the drain deadline's process exit.
 
 use std::net::SocketAddr;
 use std::pin::pin;

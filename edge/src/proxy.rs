@@ -1,5 +1,6 @@
-//! The request path, top to bottom: refuse what must not be forwarded, route, clean
-//! the head, forward, stream the answer back.
+//! The request path, top to bottom: refuse what must not be forwarded, resolve the
+//! origin, route (policy, then selector), clean the head, forward (failing over or
+//! hedging only inside the allowed set), stream the answer back.
 //!
 //! Protocol-agnostic: it takes any `http::Request` whose body streams `Bytes`, so
 //! HTTP/1.1, HTTP/2 and (later) HTTP/3 share it. Per request it loads one config
