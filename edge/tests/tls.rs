@@ -118,24 +118,31 @@ async fn tls_versions_below_1_2_are_refused() {
     assert!(out.contains("TLSv1.2"), "{out}");
 }
 
-#[tokio::test]
-async fn http2_advertises_the_configured_stream_limit() {
+/// An edge with HTTPS for `a.test` and `limits` (a `[limits]` body), and a raw
+/// HTTP/2 connection to it (the h2 crate, so frames can be driven directly).
+async fn raw_h2(
+    limits: &str,
+) -> (
+    meridian_sim::SimProvider,
+    Certs,
+    meridian_edge::Edge,
+    h2::client::SendRequest<bytes::Bytes>,
+    h2::client::Connection<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, bytes::Bytes>,
+) {
     let p = provider("p1").await;
     let certs = Certs::new();
     certs.write("a", &["a.test"]);
-    let toml = config_toml(
-        p.addr,
-        true,
-        &format!(
-            "{}[limits]\nh2_max_concurrent_streams = 7\n",
-            tls_tables(&[("a", &["a.test"])], None)
-        ),
-    );
-    let e = edge(&toml, certs.path()).await;
-
+    let extra = format!("{}[limits]\n{limits}", tls_tables(&[("a", &["a.test"])], None));
+    let e = edge(&config_toml(p.addr, true, &extra), certs.path()).await;
     let cfg = client_tls(&certs.ca.cert_pem, &[b"h2"], rustls::ALL_VERSIONS);
     let s = tls(e.https_addr.unwrap(), "a.test", cfg).await.unwrap();
-    let (send, mut conn) = h2::client::handshake(s).await.unwrap();
+    let (send, conn) = h2::client::handshake(s).await.unwrap();
+    (p, certs, e, send, conn)
+}
+
+#[tokio::test]
+async fn http2_advertises_the_configured_stream_limit() {
+    let (_p, _certs, _e, send, mut conn) = raw_h2("h2_max_concurrent_streams = 7\n").await;
     let mut send = send.ready().await.unwrap();
     let req = Request::get("https://a.test/_sim/echo").body(()).unwrap();
     let (resp, _) = send.send_request(req, true).unwrap();
@@ -149,22 +156,7 @@ async fn http2_advertises_the_configured_stream_limit() {
 
 #[tokio::test]
 async fn a_rapid_reset_flood_gets_the_connection_closed() {
-    let p = provider("p1").await;
-    let certs = Certs::new();
-    certs.write("a", &["a.test"]);
-    let toml = config_toml(
-        p.addr,
-        true,
-        &format!(
-            "{}[limits]\nh2_max_pending_accept_reset_streams = 10\n",
-            tls_tables(&[("a", &["a.test"])], None)
-        ),
-    );
-    let e = edge(&toml, certs.path()).await;
-
-    let cfg = client_tls(&certs.ca.cert_pem, &[b"h2"], rustls::ALL_VERSIONS);
-    let s = tls(e.https_addr.unwrap(), "a.test", cfg).await.unwrap();
-    let (send, conn) = h2::client::handshake(s).await.unwrap();
+    let (_p, _certs, _e, send, conn) = raw_h2("h2_max_pending_accept_reset_streams = 10\n").await;
     let conn = tokio::spawn(conn);
     let mut send = send.ready().await.unwrap();
     // Open streams and cancel them at once, as CVE-2023-44487 does.
@@ -198,15 +190,7 @@ async fn a_rapid_reset_flood_gets_the_connection_closed() {
 
 #[tokio::test]
 async fn http2_oversized_header_block_is_431_and_not_forwarded() {
-    let p = provider("p1").await;
-    let certs = Certs::new();
-    certs.write("a", &["a.test"]);
-    let toml = config_toml(p.addr, true, &tls_tables(&[("a", &["a.test"])], None));
-    let e = edge(&toml, certs.path()).await;
-
-    let cfg = client_tls(&certs.ca.cert_pem, &[b"h2"], rustls::ALL_VERSIONS);
-    let s = tls(e.https_addr.unwrap(), "a.test", cfg).await.unwrap();
-    let (send, conn) = h2::client::handshake(s).await.unwrap();
+    let (p, _certs, _e, send, conn) = raw_h2("").await;
     tokio::spawn(conn);
     let mut send = send.ready().await.unwrap();
     let big = "a".repeat(70 * 1024);
