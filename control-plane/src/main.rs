@@ -1,9 +1,8 @@
 //! `meridian-cp`: the Meridian control plane.
 //!
-//! Serving (admin API, push to edges) lands with the control-plane work; the durable
-//! store it will use is in place (`meridian_cp::store`). Until then edges read their
-//! fleet from their own config file, in the same model (`meridian-proto`) the control
-//! plane will push.
+//! `serve` runs the durable store and the authenticated admin API; push to edges is
+//! still to come, so edges read their fleet from their own config file, in the same
+//! model (`meridian-proto`) the control plane stores.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -32,11 +31,17 @@ enum Command {
         #[arg(long, default_value_t = 1000)]
         count: u32,
     },
-    /// Serve the admin API and push snapshots to edges (not implemented yet).
+    /// Serve the admin API (HTTPS, bearer tokens) over the durable store in
+    /// `data_dir`. SIGTERM or SIGINT stops it.
     Serve {
         /// Path of the control plane's TOML config.
         #[arg(long, short)]
         config: PathBuf,
+    },
+    /// Print the SHA-256 of a token, for `[[admin.tokens]] sha256` in the config.
+    HashToken {
+        /// The token.
+        token: String,
     },
 }
 
@@ -49,13 +54,17 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Serve { config } => {
-            eprintln!(
-                "error: meridian-cp cannot serve yet (config {} not read); edges run from their own config file",
-                config.display()
-            );
-            ExitCode::from(2)
+        Command::HashToken { token } => {
+            println!("{}", meridian_cp::config::hash_token(&token));
+            ExitCode::SUCCESS
         }
+        Command::Serve { config } => match serve(&config) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 
@@ -79,4 +88,28 @@ fn store_exercise(data: &std::path::Path, count: u32) -> anyhow::Result<()> {
         out.flush()?;
     }
     Ok(())
+}
+
+fn serve(path: &std::path::Path) -> anyhow::Result<()> {
+    use anyhow::Context;
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("MERIDIAN_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cfg = meridian_cp::config::CpConfig::load(path)?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async {
+        let api = meridian_cp::api::start(&cfg).await.context("starting the admin API")?;
+        tracing::info!(admin = %api.addr, data = %cfg.data_dir.display(), "meridian-cp serving");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        tracing::info!("stopping");
+        anyhow::Ok(())
+    })
 }

@@ -1,0 +1,179 @@
+//! The admin API over real HTTPS: authentication, validation that names the field,
+//! monotonic versions, provider writes, drain, dry-run.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use meridian_cp::api::{ApiHandle, start};
+use meridian_cp::config::{CpConfig, hash_token};
+use meridian_sim::TestCa;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName};
+use serde_json::{Value, json};
+
+const TOKEN: &str = "dev-token";
+
+struct Api {
+    handle: ApiHandle,
+    ca: TestCa,
+    _dir: tempfile::TempDir,
+}
+
+async fn api() -> Api {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("cp test CA").unwrap();
+    let leaf = ca.issue(&["localhost"]).unwrap();
+    std::fs::write(dir.path().join("admin.crt"), &leaf.cert_pem).unwrap();
+    std::fs::write(dir.path().join("admin.key"), &leaf.key_pem).unwrap();
+    let toml = format!(
+        "data_dir = \"data\"\n[admin]\nlisten = \"127.0.0.1:0\"\ncert = \"admin.crt\"\nkey = \"admin.key\"\n\
+         [[admin.tokens]]\nname = \"dev\"\nsha256 = \"{}\"\n",
+        hash_token(TOKEN)
+    );
+    let cfg = CpConfig::parse(&toml, "cp.toml", dir.path()).unwrap();
+    let handle = start(&cfg).await.unwrap();
+    Api { handle, ca, _dir: dir }
+}
+
+impl Api {
+    async fn call(&self, method: Method, path: &str, token: Option<&str>, body: Option<Value>) -> (StatusCode, Value) {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_slice_iter(self.ca.cert_pem.as_bytes()) {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let tcp = tokio::net::TcpStream::connect(self.handle.addr).await.unwrap();
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+            .connect(ServerName::try_from("localhost").unwrap(), tcp)
+            .await
+            .unwrap();
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.unwrap();
+        tokio::spawn(conn);
+        let mut req = Request::builder().method(method).uri(path).header("host", "localhost");
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let body = body.map_or(Bytes::new(), |b| Bytes::from(b.to_string()));
+        let resp = send.send_request(req.body(Full::new(body)).unwrap()).await.unwrap();
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    }
+}
+
+fn fleet() -> Value {
+    json!({
+        "groups": [{ "name": "EU", "members": ["DE", "FR"] }],
+        "providers": [
+            { "id": "cn-1", "jurisdiction": "CN", "endpoint": { "address": "10.0.0.1:443" } },
+            { "id": "de-1", "jurisdiction": "DE", "endpoint": { "address": "10.0.0.2:443" } },
+            { "id": "us-1", "jurisdiction": "US", "endpoint": { "address": "10.0.0.3:443" } }
+        ],
+        "policy": { "rules": [
+            { "name": "cn-in-cn", "origin": "CN", "allow": ["CN"] },
+            { "name": "eu-in-eu", "origin": "group:EU", "allow": ["group:EU"] },
+            { "name": "rest", "origin": "*", "allow": ["*"], "deny": ["CN"] }
+        ] }
+    })
+}
+
+#[tokio::test]
+async fn nothing_happens_without_a_valid_token() {
+    let api = api().await;
+    for (method, path, body) in [
+        (Method::GET, "/v1/fleet", None),
+        (Method::PUT, "/v1/fleet", Some(fleet())),
+        (Method::POST, "/v1/providers/cn-1/drain", None),
+    ] {
+        for token in [None, Some("wrong")] {
+            let (status, doc) = api.call(method.clone(), path, token, body.clone()).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} {path} {token:?}");
+            assert_eq!(doc["error"], "unauthorized");
+        }
+    }
+    let (_, doc) = api.call(Method::GET, "/v1/fleet", Some(TOKEN), None).await;
+    assert_eq!(doc["version"], 0, "the refused PUT stored nothing");
+}
+
+#[tokio::test]
+async fn mutations_are_validated_and_bump_a_monotonic_version() {
+    let api = api().await;
+    let t = Some(TOKEN);
+    let mut bad = fleet();
+    bad["policy"]["rules"][1]["allow"] = json!(["group:EEA"]);
+    let (status, doc) = api.call(Method::PUT, "/v1/fleet", t, Some(bad)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(doc["error"], "invalid_fleet");
+    assert_eq!(doc["path"], "policy.rules[1].allow[0]");
+
+    let (status, doc) = api.call(Method::PUT, "/v1/fleet", t, Some(fleet())).await;
+    assert_eq!((status, doc["version"].clone()), (StatusCode::OK, json!(1)));
+
+    let provider = json!({ "id": "fr-1", "jurisdiction": "FR", "endpoint": { "address": "10.0.0.4:443" } });
+    let (status, doc) = api.call(Method::PUT, "/v1/providers/fr-1", t, Some(provider)).await;
+    assert_eq!((status, doc["version"].clone()), (StatusCode::OK, json!(2)));
+    let (status, doc) = api.call(Method::GET, "/v1/providers/fr-1", t, None).await;
+    assert_eq!(
+        (status, doc["data"]["jurisdiction"].clone()),
+        (StatusCode::OK, json!("FR"))
+    );
+
+    // Deleting a provider a rule names is refused, and names the rule.
+    let mut pinned = fleet();
+    pinned["policy"]["rules"][0]["allow"] = json!(["provider:cn-1"]);
+    let (_, doc) = api.call(Method::PUT, "/v1/fleet", t, Some(pinned)).await;
+    assert_eq!(doc["version"], 3);
+    let (status, doc) = api.call(Method::DELETE, "/v1/providers/cn-1", t, None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(doc["path"], "policy.rules[0].allow[0]");
+
+    let (status, doc) = api.call(Method::POST, "/v1/providers/de-1/drain", t, None).await;
+    assert_eq!((status, doc["version"].clone()), (StatusCode::OK, json!(4)));
+    let (_, doc) = api.call(Method::GET, "/v1/providers/de-1", t, None).await;
+    assert_eq!(doc["data"]["state"], "draining");
+    let (status, _) = api.call(Method::POST, "/v1/providers/nope/drain", t, None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    let (_, doc) = api.call(Method::GET, "/v1/fleet", t, None).await;
+    assert_eq!(doc["version"], 4);
+}
+
+#[tokio::test]
+async fn dry_run_answers_where_an_origin_may_go() {
+    let api = api().await;
+    let t = Some(TOKEN);
+    api.call(Method::PUT, "/v1/fleet", t, Some(fleet())).await;
+    api.call(Method::POST, "/v1/providers/us-1/drain", t, None).await;
+    let (status, doc) = api
+        .call(Method::POST, "/v1/dry-run", t, Some(json!({ "origin": "CN" })))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        (doc["rule"].clone(), doc["allowed"].clone()),
+        (json!("cn-in-cn"), json!(["cn-1"]))
+    );
+    let (_, doc) = api
+        .call(Method::POST, "/v1/dry-run", t, Some(json!({ "origin": "BR" })))
+        .await;
+    assert_eq!(doc["allowed"], json!(["de-1", "us-1"]));
+    assert_eq!(
+        doc["eligible"],
+        json!(["de-1"]),
+        "draining providers take no new requests"
+    );
+    let (_, doc) = api.call(Method::POST, "/v1/dry-run", t, Some(json!({}))).await;
+    assert_eq!(doc["denied"], true, "unknown origins are denied by default");
+    let (status, _) = api
+        .call(Method::POST, "/v1/dry-run", t, Some(json!({ "origin": "UK" })))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}
