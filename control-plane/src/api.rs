@@ -13,7 +13,11 @@
 //! | `GET /v1/providers`, `GET /v1/providers/{id}` | read providers |
 //! | `PUT /v1/providers/{id}`, `DELETE /v1/providers/{id}` | write one |
 //! | `POST /v1/providers/{id}/drain`, `/undrain` | stop / resume new requests to it |
+//! | `GET`/`PUT /v1/policy` | the residency policy |
+//! | `GET /v1/groups`, `PUT`/`DELETE /v1/groups/{name}` | jurisdiction groups |
+//! | `GET /v1/tenants`, `PUT`/`DELETE /v1/tenants/{id}` | tenants |
 //! | `POST /v1/dry-run` `{"origin":"CN"}` | which providers the policy allows |
+//! | `GET /v1/openapi.json` | the OpenAPI 3 description |
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -25,7 +29,9 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use meridian_proto::{CompiledPolicy, Fleet, Jurisdiction, ProviderId, ProviderSpec, ProviderState, Verdict};
+use meridian_proto::{
+    CompiledPolicy, Fleet, Group, Jurisdiction, Policy, ProviderId, ProviderSpec, ProviderState, Tenant, Verdict,
+};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Deserialize;
@@ -171,6 +177,41 @@ fn store_error(e: StoreError) -> Response<Full<Bytes>> {
     }
 }
 
+fn upsert<T>(items: &mut Vec<T>, item: T, same: impl Fn(&T, &T) -> bool) {
+    match items.iter_mut().find(|x| same(x, &item)) {
+        Some(x) => *x = item,
+        None => items.push(item),
+    }
+}
+
+/// The OpenAPI 3 description of this API.
+fn openapi() -> Value {
+    let op = |summary: &str| {
+        json!({ "summary": summary, "security": [{ "bearer": [] }],
+        "responses": { "200": { "description": "OK" }, "400": { "description": "invalid; `path` names the field" },
+                       "401": { "description": "no valid bearer token" }, "404": { "description": "not found" } } })
+    };
+    json!({
+        "openapi": "3.0.3",
+        "info": { "title": "Meridian control plane admin API", "version": "1" },
+        "components": { "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } } },
+        "paths": {
+            "/v1/fleet": { "get": op("The current fleet and its version"), "put": op("Replace the fleet") },
+            "/v1/policy": { "get": op("The residency policy"), "put": op("Replace the residency policy") },
+            "/v1/providers": { "get": op("All providers") },
+            "/v1/providers/{id}": { "get": op("One provider"), "put": op("Create or replace a provider"), "delete": op("Remove a provider") },
+            "/v1/providers/{id}/drain": { "post": op("Stop sending new requests to a provider") },
+            "/v1/providers/{id}/undrain": { "post": op("Resume a drained provider") },
+            "/v1/groups": { "get": op("Jurisdiction groups") },
+            "/v1/groups/{name}": { "put": op("Create or replace a group"), "delete": op("Remove a group") },
+            "/v1/tenants": { "get": op("Tenants") },
+            "/v1/tenants/{id}": { "put": op("Create or replace a tenant"), "delete": op("Remove a tenant") },
+            "/v1/dry-run": { "post": op("Which providers the policy allows for {\"origin\": \"CN\"}") },
+            "/v1/openapi.json": { "get": op("This document") }
+        }
+    })
+}
+
 #[derive(Deserialize)]
 struct DryRun {
     origin: Option<String>,
@@ -288,6 +329,40 @@ impl Api {
                 })
                 .await
             }
+            (&Method::GET, ["v1", "policy"]) => self.read(|f| json!(f.policy)),
+            (&Method::PUT, ["v1", "policy"]) => match serde_json::from_slice::<Policy>(&body) {
+                Ok(policy) => self.modify(move |f| f.policy = policy).await,
+                Err(e) => error(StatusCode::BAD_REQUEST, "bad_json", e.to_string()),
+            },
+            (&Method::GET, ["v1", "groups"]) => self.read(|f| json!(f.groups)),
+            (&Method::PUT, ["v1", "groups", name]) => match serde_json::from_slice::<Group>(&body) {
+                Ok(g) if g.name != *name => {
+                    error(StatusCode::BAD_REQUEST, "name_mismatch", "body name differs from path")
+                }
+                Ok(g) => {
+                    self.modify(move |f| upsert(&mut f.groups, g, |a, b| a.name == b.name))
+                        .await
+                }
+                Err(e) => error(StatusCode::BAD_REQUEST, "bad_json", e.to_string()),
+            },
+            (&Method::DELETE, ["v1", "groups", name]) => {
+                let name = (*name).to_owned();
+                self.modify(move |f| f.groups.retain(|g| g.name != name)).await
+            }
+            (&Method::GET, ["v1", "tenants"]) => self.read(|f| json!(f.tenants)),
+            (&Method::PUT, ["v1", "tenants", id]) => match serde_json::from_slice::<Tenant>(&body) {
+                Ok(t) if t.id != *id => error(StatusCode::BAD_REQUEST, "id_mismatch", "body id differs from path"),
+                Ok(t) => {
+                    self.modify(move |f| upsert(&mut f.tenants, t, |a, b| a.id == b.id))
+                        .await
+                }
+                Err(e) => error(StatusCode::BAD_REQUEST, "bad_json", e.to_string()),
+            },
+            (&Method::DELETE, ["v1", "tenants", id]) => {
+                let id = (*id).to_owned();
+                self.modify(move |f| f.tenants.retain(|t| t.id != id)).await
+            }
+            (&Method::GET, ["v1", "openapi.json"]) => reply(StatusCode::OK, openapi()),
             (&Method::POST, ["v1", "dry-run"]) => match serde_json::from_slice::<DryRun>(&body) {
                 Ok(q) => self.dry_run(q),
                 Err(e) => error(StatusCode::BAD_REQUEST, "bad_json", e.to_string()),

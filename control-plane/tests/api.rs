@@ -177,3 +177,52 @@ async fn dry_run_answers_where_an_origin_may_go() {
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
 }
+
+#[tokio::test]
+async fn groups_tenants_and_policy_have_their_own_endpoints() {
+    let api = api().await;
+    let t = Some(TOKEN);
+    api.call(Method::PUT, "/v1/fleet", t, Some(fleet())).await;
+    let eea = json!({ "name": "EEA", "members": ["DE", "FR", "NO"] });
+    let (status, doc) = api.call(Method::PUT, "/v1/groups/EEA", t, Some(eea)).await;
+    assert_eq!((status, doc["version"].clone()), (StatusCode::OK, json!(2)));
+    let tenant = json!({ "id": "acme", "home": "DE", "bindings": [{ "host": "acme.test" }] });
+    let (status, _) = api.call(Method::PUT, "/v1/tenants/acme", t, Some(tenant)).await;
+    assert_eq!(status, StatusCode::OK);
+    let clash = json!({ "id": "other", "home": "US", "bindings": [{ "host": "acme.test" }] });
+    let (status, doc) = api.call(Method::PUT, "/v1/tenants/other", t, Some(clash)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(doc["path"], "tenants[1].bindings[0]");
+
+    let mut policy = fleet()["policy"].clone();
+    policy["rules"][1]["origin"] = json!("group:EEA");
+    let (status, _) = api.call(Method::PUT, "/v1/policy", t, Some(policy)).await;
+    assert_eq!(status, StatusCode::OK);
+    // The group is in use now: removing it is refused with the rule that names it.
+    let (status, doc) = api.call(Method::DELETE, "/v1/groups/EEA", t, None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(doc["path"], "policy.rules[1].origin");
+    let (_, doc) = api
+        .call(Method::POST, "/v1/dry-run", t, Some(json!({ "origin": "NO" })))
+        .await;
+    assert_eq!(doc["rule"], "eu-in-eu");
+}
+
+#[tokio::test]
+async fn the_openapi_document_describes_every_route() {
+    let api = api().await;
+    let (status, doc) = api.call(Method::GET, "/v1/openapi.json", Some(TOKEN), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(doc["openapi"], "3.0.3");
+    let paths = doc["paths"].as_object().unwrap();
+    for p in [
+        "/v1/fleet",
+        "/v1/providers/{id}",
+        "/v1/providers/{id}/drain",
+        "/v1/tenants/{id}",
+        "/v1/dry-run",
+        "/v1/policy",
+    ] {
+        assert!(paths.contains_key(p), "{p} missing");
+    }
+}
