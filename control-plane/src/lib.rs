@@ -5,5 +5,6 @@
 //! (`meridian_proto::Fleet::validate`) and must never store a fleet that fails it.
 
 pub mod api;
+pub mod client;
 pub mod config;
 pub mod store;

@@ -18,6 +18,20 @@ struct Cli {
     command: Command,
 }
 
+/// How to reach the admin API.
+#[derive(clap::Args, Debug)]
+struct ApiArgs {
+    /// Admin API, https://host:port.
+    #[arg(long, env = "MERIDIAN_SERVER", default_value = "https://127.0.0.1:7070")]
+    server: String,
+    /// Bearer token.
+    #[arg(long, env = "MERIDIAN_TOKEN", hide_env_values = true)]
+    token: String,
+    /// CA bundle that signed the server's certificate (system roots otherwise).
+    #[arg(long, env = "MERIDIAN_CA")]
+    ca: Option<PathBuf>,
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Commits `count` successive fleet versions to the store in DIR, printing
@@ -43,6 +57,43 @@ enum Command {
         /// The token.
         token: String,
     },
+    /// Check a fleet file (TOML, or JSON) locally, then make it the fleet.
+    Apply {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// The fleet file.
+        file: PathBuf,
+    },
+    /// Show a resource: fleet, policy, providers, groups or tenants.
+    Get {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// What to show.
+        #[arg(value_parser = ["fleet", "policy", "providers", "groups", "tenants"])]
+        what: String,
+    },
+    /// Stop sending new requests to a provider (in-flight ones finish).
+    Drain {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Provider id.
+        provider: String,
+    },
+    /// Resume a drained provider.
+    Undrain {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Provider id.
+        provider: String,
+    },
+    /// Which providers the policy allows for data of ORIGIN (omit it for an unknown
+    /// origin).
+    DryRun {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// ISO 3166-1 alpha-2 origin, e.g. CN.
+        origin: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -54,6 +105,26 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Apply { api, file } => cli(api, |t| async move {
+            let fleet = meridian_cp::client::read_fleet(&file).map_err(anyhow::Error::msg)?;
+            let body = serde_json::to_value(&fleet)?;
+            Ok(meridian_cp::client::call(&t, http::Method::PUT, "/v1/fleet", Some(body)).await?)
+        }),
+        Command::Get { api, what } => cli(api, |t| async move {
+            Ok(meridian_cp::client::call(&t, http::Method::GET, &format!("/v1/{what}"), None).await?)
+        }),
+        Command::Drain { api, provider } => cli(api, |t| async move {
+            let path = format!("/v1/providers/{provider}/drain");
+            Ok(meridian_cp::client::call(&t, http::Method::POST, &path, None).await?)
+        }),
+        Command::Undrain { api, provider } => cli(api, |t| async move {
+            let path = format!("/v1/providers/{provider}/undrain");
+            Ok(meridian_cp::client::call(&t, http::Method::POST, &path, None).await?)
+        }),
+        Command::DryRun { api, origin } => cli(api, |t| async move {
+            let body = serde_json::json!({ "origin": origin });
+            Ok(meridian_cp::client::call(&t, http::Method::POST, "/v1/dry-run", Some(body)).await?)
+        }),
         Command::HashToken { token } => {
             println!("{}", meridian_cp::config::hash_token(&token));
             ExitCode::SUCCESS
@@ -112,4 +183,32 @@ fn serve(path: &std::path::Path) -> anyhow::Result<()> {
         tracing::info!("stopping");
         anyhow::Ok(())
     })
+}
+
+/// Runs one API call and prints its JSON answer.
+fn cli<F, Fut>(api: ApiArgs, call: F) -> ExitCode
+where
+    F: FnOnce(meridian_cp::client::Target) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<serde_json::Value>>,
+{
+    let target = meridian_cp::client::Target {
+        server: api.server,
+        token: api.token,
+        ca: api.ca,
+    };
+    let result = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| rt.block_on(call(target)));
+    match result {
+        Ok(v) => {
+            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_else(|_| v.to_string()));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
