@@ -21,6 +21,10 @@ pub const EDGE_HTTP: &str = "127.0.0.1:8080";
 pub const EDGE_HTTPS: &str = "127.0.0.1:8443";
 /// Edge admin address.
 pub const EDGE_ADMIN: &str = "127.0.0.1:9901";
+/// Control-plane admin API address.
+pub const CP_ADMIN: &str = "127.0.0.1:7070";
+/// The dev control plane's API token.
+pub const CP_TOKEN: &str = "dev-token";
 
 /// A provider of the demo fleet.
 struct DemoProvider {
@@ -101,6 +105,39 @@ pub async fn run(opts: DevOptions) -> anyhow::Result<()> {
 
     let config = dir.join("edge.toml");
     write(&config, &edge_config())?;
+
+    // The control plane, with its embedded store, holding the same demo fleet; edges
+    // will be fed by its push (issue 4), until then they read the file above.
+    let cp_leaf = ca.issue(&["localhost", "127.0.0.1"])?;
+    write(&dir.join("certs/cp.crt"), &cp_leaf.cert_pem)?;
+    write(&dir.join("certs/cp.key"), &cp_leaf.key_pem)?;
+    let cp_config = dir.join("cp.toml");
+    write(
+        &cp_config,
+        &format!(
+            "data_dir = \"cp-data\"\n[admin]\nlisten = \"{CP_ADMIN}\"\ncert = \"certs/cp.crt\"\nkey = \"certs/cp.key\"\n\
+             [[admin.tokens]]\nname = \"dev\"\nsha256 = \"{}\"\n",
+            meridian_cp::config::hash_token(CP_TOKEN)
+        ),
+    )?;
+    let mut cp = Proc::spawn(
+        "meridian-cp",
+        Command::new(sibling_binary("meridian-cp")?)
+            .arg("serve")
+            .arg("--config")
+            .arg(&cp_config),
+    )?;
+    let fleet = meridian_edge::EdgeConfig::parse(&edge_config(), "edge.toml", &dir)?.fleet;
+    let target = meridian_cp::client::Target {
+        server: format!("https://{CP_ADMIN}"),
+        token: CP_TOKEN.into(),
+        ca: Some(dir.join("certs/ca.crt")),
+    };
+    let loaded = load_fleet(&target, &fleet).await;
+    if let Err(e) = loaded {
+        let code = cp.stop(Duration::from_secs(5))?;
+        anyhow::bail!("the control plane did not take the demo fleet (exit code {code:?}): {e:#}");
+    }
     let edge_bin = sibling_binary("meridian-edge")?;
     let mut edge = Proc::spawn(
         "meridian-edge",
@@ -130,12 +167,29 @@ pub async fn run(opts: DevOptions) -> anyhow::Result<()> {
     };
     eprintln!("\nstopping the dev deployment...");
     let code = edge.stop(Duration::from_secs(35))?;
+    let _ = cp.stop(Duration::from_secs(5));
     drop(providers);
     if let Some(status) = exited {
         anyhow::bail!("meridian-edge exited on its own ({status})");
     }
     eprintln!("edge exited with {code:?}; providers stopped");
     Ok(())
+}
+
+/// Waits for the control plane's API (bounded) and stores the fleet through it.
+async fn load_fleet(target: &meridian_cp::client::Target, fleet: &meridian_proto::Fleet) -> anyhow::Result<()> {
+    let body = serde_json::to_value(fleet)?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match meridian_cp::client::call(target, http::Method::PUT, "/v1/fleet", Some(body.clone())).await {
+            Ok(_) => return Ok(()),
+            Err(meridian_cp::client::ClientError::Transport(e)) if tokio::time::Instant::now() < deadline => {
+                tracing::debug!(error = %e, "control plane not up yet");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 fn write(path: &Path, text: &str) -> anyhow::Result<()> {
@@ -195,6 +249,10 @@ fn print_banner(dir: &Path) {
          \x20 curl -si -H 'x-meridian-residency: FR' -H 'x-meridian-explain: 1' http://{EDGE_HTTP}/_sim/echo\n\
          \x20 curl -si --http2 --cacert {ca} --resolve us.demo.local:8443:127.0.0.1 -H 'x-meridian-explain: 1' https://us.demo.local:8443/_sim/echo\n\
          \x20 curl -si http://{EDGE_ADMIN}/readyz\n\n\
+         Control plane: https://{CP_ADMIN} (token dev-token), holding the same fleet:\n\
+         \x20 export MERIDIAN_TOKEN=dev-token MERIDIAN_CA={ca}\n\
+         \x20 ./target/debug/meridian-cp get providers\n\
+         \x20 ./target/debug/meridian-cp dry-run CN\n\n\
          Every response names the provider that served it in x-sim-provider. Ctrl-C stops everything.",
         dir.join("edge.toml").display()
     );

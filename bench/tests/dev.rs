@@ -144,6 +144,32 @@ fn dev_deployment_serves_on_the_documented_addresses_and_stops_on_ctrl_c() {
     ]);
     assert!(tls.starts_with("HTTP/2 200"), "{tls}");
 
+    // The control plane holds the same fleet behind its authenticated API.
+    let ca_s = ca.to_str().unwrap();
+    let dry = curl(&[
+        "--cacert",
+        ca_s,
+        "-H",
+        "Authorization: Bearer dev-token",
+        "-d",
+        r#"{"origin":"CN"}"#,
+        "https://127.0.0.1:7070/v1/dry-run",
+    ]);
+    assert!(
+        dry.contains("\"rule\":\"cn-in-cn\"") && dry.contains("cn-sh-1"),
+        "{dry}"
+    );
+    let anonymous = curl(&[
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "--cacert",
+        ca_s,
+        "https://127.0.0.1:7070/v1/fleet",
+    ]);
+    assert_eq!(anonymous, "401");
+
     kill(Pid::from_raw(dev.0.id() as i32), Signal::SIGINT).unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let status = loop {
@@ -160,5 +186,9 @@ fn dev_deployment_serves_on_the_documented_addresses_and_stops_on_ctrl_c() {
     assert!(
         std::net::TcpStream::connect("127.0.0.1:8080").is_err(),
         "edge still listening after stop"
+    );
+    assert!(
+        std::net::TcpStream::connect("127.0.0.1:7070").is_err(),
+        "control plane still listening after stop"
     );
 }
