@@ -50,6 +50,9 @@ pub struct RequestFacts<'a> {
     pub headers: &'a HeaderMap,
     /// The TCP peer.
     pub peer: IpAddr,
+    /// Whether the peer is a trusted hop (the proxy has already decided it for the
+    /// forwarding headers; deciding it once keeps the two in agreement).
+    pub trusted: bool,
 }
 
 /// The origin chain of one config snapshot.
@@ -118,7 +121,7 @@ impl OriginResolver {
 
     /// Runs the chain for one request.
     pub fn resolve(&self, req: RequestFacts<'_>) -> Origin {
-        let trusted = self.forwarding.is_trusted(req.peer);
+        let trusted = req.trusted;
         for source in &self.order {
             let found = match source {
                 OriginSource::Tenant => self
@@ -233,11 +236,14 @@ mod tests {
     }
 
     fn facts<'a>(host: Option<&'a str>, path: &'a str, h: &'a HeaderMap, peer: &str) -> RequestFacts<'a> {
+        let peer: IpAddr = peer.parse().unwrap();
+        // The resolver's trusted hops in these tests are 127.0.0.0/8.
         RequestFacts {
             host,
             path,
             headers: h,
-            peer: peer.parse().unwrap(),
+            peer,
+            trusted: peer.is_loopback(),
         }
     }
 

@@ -230,6 +230,7 @@ where
         path: parts.uri.path(),
         headers: &parts.headers,
         peer,
+        trusted,
     });
     let explain = trusted && parts.headers.get(&EXPLAIN).is_some_and(|v| v.as_bytes() == b"1");
     // Residency claims and explain requests are for this edge only, trusted or not.
