@@ -436,6 +436,15 @@ async fn tls_providers_are_verified_with_the_configured_ca_sni_and_host_override
     let e = edge(&toml, certs.path()).await;
     let r = get(e.http_addr.unwrap(), "x", "/_sim/echo").await;
     assert_eq!(r.status(), 502);
+
+    // Without `ca_file` the system roots decide, and they do not know the test CA:
+    // verification is never skipped.
+    let toml = toml
+        .replace("[upstream]\nca_file = \"ca.crt\"\n", "")
+        .replace("other.test", "store.test");
+    let e = edge(&toml, certs.path()).await;
+    let r = get(e.http_addr.unwrap(), "x", "/_sim/echo").await;
+    assert_eq!(r.status(), 502);
 }
 
 #[tokio::test]
