@@ -173,9 +173,10 @@ fn serve(path: &std::path::Path) -> anyhow::Result<()> {
     let cfg = meridian_cp::config::CpConfig::load(path)?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async {
+        // Handler first, so a SIGTERM right after start-up still stops it cleanly.
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let api = meridian_cp::api::start(&cfg).await.context("starting the admin API")?;
         tracing::info!(admin = %api.addr, data = %cfg.data_dir.display(), "meridian-cp serving");
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
             _ = term.recv() => {}
             _ = tokio::signal::ctrl_c() => {}

@@ -90,6 +90,11 @@ fn check(file: &std::path::Path) -> anyhow::Result<()> {
 
 async fn run(path: PathBuf) -> anyhow::Result<()> {
     let config = EdgeConfig::load(&path)?;
+    // Handlers first: once the listeners are up (readiness answers), a SIGHUP or
+    // SIGTERM must be handled, not take the default action and kill the process.
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
     let mut edge = Edge::start(config).await.context("starting the edge")?;
     tracing::info!(
         http = ?edge.http_addr,
@@ -97,9 +102,6 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
         admin = ?edge.admin_addr,
         "meridian-edge serving"
     );
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut hup = signal(SignalKind::hangup())?;
     loop {
         tokio::select! {
             _ = term.recv() => break,
