@@ -1,10 +1,12 @@
 //! `meridian-bench dev`: a complete local deployment on fixed loopback addresses:
-//! simulated providers (in this process) and the real `meridian-edge` binary as a
-//! child, with certificates from a throw-away CA.
+//! simulated providers (in this process), the real `meridian-cp` binary with the demo
+//! fleet loaded through its API, and the real `meridian-edge` binary fed by the
+//! control plane's push, with certificates from a throw-away CA.
 //!
 //! Fixed addresses so documentation and scripts can rely on them: edge HTTP
-//! 127.0.0.1:8080, HTTPS 127.0.0.1:8443, admin 127.0.0.1:9901; providers on
-//! 127.0.0.1:9101-9103. It must never listen beyond loopback.
+//! 127.0.0.1:8080, HTTPS 127.0.0.1:8443, admin 127.0.0.1:9901; control plane API
+//! 127.0.0.1:7070, push 127.0.0.1:7443 (UDP and TCP); providers on
+//! 127.0.0.1:9101-9106. It must never listen beyond loopback.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -23,6 +25,10 @@ pub const EDGE_HTTPS: &str = "127.0.0.1:8443";
 pub const EDGE_ADMIN: &str = "127.0.0.1:9901";
 /// Control-plane admin API address.
 pub const CP_ADMIN: &str = "127.0.0.1:7070";
+/// Control-plane push address (QUIC on UDP, HTTP/2 on TCP).
+pub const CP_PUSH: &str = "127.0.0.1:7443";
+/// The dev edge's id (a DNS name in its client certificate).
+pub const EDGE_ID: &str = "edge-1.dev.local";
 /// The dev control plane's API token.
 pub const CP_TOKEN: &str = "dev-token";
 
@@ -103,23 +109,20 @@ pub async fn run(opts: DevOptions) -> anyhow::Result<()> {
         providers.push((sim, relay));
     }
 
-    let config = dir.join("edge.toml");
-    write(&config, &edge_config())?;
-
-    // The control plane, with its embedded store, holding the same demo fleet; edges
-    // will be fed by its push (issue 4), until then they read the file above.
+    // The control plane, with its embedded store; the demo fleet goes in through its
+    // API and reaches the edge by push.
     let cp_leaf = ca.issue(&["localhost", "127.0.0.1"])?;
+    let edge_client = ca.issue(&[EDGE_ID])?;
     write(&dir.join("certs/cp.crt"), &cp_leaf.cert_pem)?;
     write(&dir.join("certs/cp.key"), &cp_leaf.key_pem)?;
+    write(&dir.join("certs/edge-client.crt"), &edge_client.cert_pem)?;
+    write(&dir.join("certs/edge-client.key"), &edge_client.key_pem)?;
     let cp_config = dir.join("cp.toml");
-    write(
-        &cp_config,
-        &format!(
-            "data_dir = \"cp-data\"\n[admin]\nlisten = \"{CP_ADMIN}\"\ncert = \"certs/cp.crt\"\nkey = \"certs/cp.key\"\n\
-             [[admin.tokens]]\nname = \"dev\"\nsha256 = \"{}\"\n",
-            meridian_cp::config::hash_token(CP_TOKEN)
-        ),
-    )?;
+    write(&cp_config, &cp_config_toml())?;
+    let fleet_file = dir.join("fleet.toml");
+    write(&fleet_file, &fleet_toml())?;
+    let config = dir.join("edge.toml");
+    write(&config, &edge_config())?;
     let mut cp = Proc::spawn(
         "meridian-cp",
         Command::new(sibling_binary("meridian-cp")?)
@@ -127,7 +130,7 @@ pub async fn run(opts: DevOptions) -> anyhow::Result<()> {
             .arg("--config")
             .arg(&cp_config),
     )?;
-    let fleet = meridian_edge::EdgeConfig::parse(&edge_config(), "edge.toml", &dir)?.fleet;
+    let fleet = meridian_cp::client::read_fleet(&fleet_file).map_err(anyhow::Error::msg)?;
     let target = meridian_cp::client::Target {
         server: format!("https://{CP_ADMIN}"),
         token: CP_TOKEN.into(),
@@ -149,7 +152,8 @@ pub async fn run(opts: DevOptions) -> anyhow::Result<()> {
     };
     if let Err(e) = ready {
         let code = edge.stop(Duration::from_secs(5))?;
-        anyhow::bail!("the edge did not become ready (exit code {code:?}): {e}");
+        let _ = cp.stop(Duration::from_secs(5));
+        anyhow::bail!("the edge did not become ready, i.e. got no fleet by push (exit code {code:?}): {e}");
     }
     print_banner(&dir);
 
@@ -196,8 +200,21 @@ fn write(path: &Path, text: &str) -> anyhow::Result<()> {
     std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
 }
 
+fn cp_config_toml() -> String {
+    format!(
+        "# Written by `meridian-bench dev`; regenerated on every start.\n\
+         data_dir = \"cp-data\"\n\n\
+         [admin]\nlisten = \"{CP_ADMIN}\"\ncert = \"certs/cp.crt\"\nkey = \"certs/cp.key\"\n\
+         [[admin.tokens]]\nname = \"dev\"\nsha256 = \"{}\"\n\n\
+         [push]\nlisten = \"{CP_PUSH}\"\ncert = \"certs/cp.crt\"\nkey = \"certs/cp.key\"\nclient_ca = \"certs/ca.crt\"\n\n\
+         # One edge: a provider is down for the fleet when that edge sees it down.\n\
+         [fleet_health]\nmin_edges = 1\n",
+        meridian_cp::config::hash_token(CP_TOKEN)
+    )
+}
+
 fn edge_config() -> String {
-    let mut s = format!(
+    format!(
         "# Written by `meridian-bench dev`; regenerated on every start.\n\
          [listeners]\nhttp = \"{EDGE_HTTP}\"\nhttps = \"{EDGE_HTTPS}\"\nadmin = \"{EDGE_ADMIN}\"\n\n\
          [upstream]\nca_file = \"certs/ca.crt\"\n\n\
@@ -207,19 +224,31 @@ fn edge_config() -> String {
          server_names = [\"localhost\", \"*.demo.local\"]\ncert = \"certs/edge.crt\"\nkey = \"certs/edge.key\"\n\n\
          # Origins: tenant binding, then the residency header (loopback is trusted), then US.\n\
          [origin]\ndefault = \"US\"\n\n\
-         [[fleet.groups]]\nname = \"EU\"\nmembers = [{EU}]\n\n\
+         # The fleet comes from the control plane; the last one it sent is kept in\n\
+         # state_dir and used if the edge restarts while the control plane is away.\n\
+         [control_plane]\naddress = \"{CP_PUSH}\"\nserver_name = \"localhost\"\nedge_id = \"{EDGE_ID}\"\n\
+         ca_file = \"certs/ca.crt\"\ncert_file = \"certs/edge-client.crt\"\nkey_file = \"certs/edge-client.key\"\n\
+         state_dir = \"edge-state\"\nreconnect_max = \"5s\"\n"
+    )
+}
+
+/// The demo fleet, as an operator would keep it and `meridian-cp apply` it.
+fn fleet_toml() -> String {
+    let mut s = format!(
+        "# Written by `meridian-bench dev`: the demo fleet, loaded into the control plane.\n\
+         [[groups]]\nname = \"EU\"\nmembers = [{EU}]\n\n\
          # CN data stays in CN, EU data in EU member states, other data anywhere but CN.\n\
-         [fleet.policy]\nunknown_origin = \"deny\"\n\
-         [[fleet.policy.rules]]\nname = \"cn-in-cn\"\norigin = \"CN\"\nallow = [\"CN\"]\n\
-         [[fleet.policy.rules]]\nname = \"eu-in-eu\"\norigin = \"group:EU\"\nallow = [\"group:EU\"]\n\
-         [[fleet.policy.rules]]\nname = \"rest-not-cn\"\norigin = \"*\"\nallow = [\"*\"]\ndeny = [\"CN\"]\n\n\
-         [[fleet.tenants]]\nid = \"demo-cn\"\nhome = \"CN\"\nbindings = [{{ host = \"cn.demo.local\" }}]\n\
-         [[fleet.tenants]]\nid = \"demo-eu\"\nhome = \"DE\"\nbindings = [{{ host = \"eu.demo.local\" }}]\n\
-         [[fleet.tenants]]\nid = \"demo-us\"\nhome = \"US\"\nbindings = [{{ host = \"us.demo.local\" }}]\n\n"
+         [policy]\nunknown_origin = \"deny\"\n\
+         [[policy.rules]]\nname = \"cn-in-cn\"\norigin = \"CN\"\nallow = [\"CN\"]\n\
+         [[policy.rules]]\nname = \"eu-in-eu\"\norigin = \"group:EU\"\nallow = [\"group:EU\"]\n\
+         [[policy.rules]]\nname = \"rest-not-cn\"\norigin = \"*\"\nallow = [\"*\"]\ndeny = [\"CN\"]\n\n\
+         [[tenants]]\nid = \"demo-cn\"\nhome = \"CN\"\nbindings = [{{ host = \"cn.demo.local\" }}]\n\
+         [[tenants]]\nid = \"demo-eu\"\nhome = \"DE\"\nbindings = [{{ host = \"eu.demo.local\" }}]\n\
+         [[tenants]]\nid = \"demo-us\"\nhome = \"US\"\nbindings = [{{ host = \"us.demo.local\" }}]\n\n"
     );
     for p in &FLEET {
         s.push_str(&format!(
-            "[[fleet.providers]]\nid = \"{}\"\njurisdiction = \"{}\"\nprotocol = \"{}\"\n[fleet.providers.endpoint]\naddress = \"{}\"\n",
+            "[[providers]]\nid = \"{}\"\njurisdiction = \"{}\"\nprotocol = \"{}\"\n[providers.endpoint]\naddress = \"{}\"\n",
             p.id, p.jurisdiction, p.protocol, p.addr
         ));
         if p.tls {
@@ -241,7 +270,7 @@ fn print_banner(dir: &Path) {
          \x20         (one-way network delay, added on the path by relays)\n\
          tenants   cn.demo.local -> CN, eu.demo.local -> DE, us.demo.local -> US; policy: CN data stays in CN,\n\
          \x20         EU data in the EU, other data anywhere but CN\n\
-         config    {}\n\n\
+         config    {}  (fleet by push from the control plane; {}/fleet.toml is what was applied)\n\n\
          Try (x-meridian-explain: 1 shows the routing decision; loopback is a trusted hop):\n\
          \x20 curl -si -H 'Host: cn.demo.local' -H 'x-meridian-explain: 1' -X PUT --data-binary 'hello' http://{EDGE_HTTP}/bucket/hello.txt\n\
          \x20 curl -si -H 'Host: cn.demo.local' -H 'x-meridian-explain: 1' http://{EDGE_HTTP}/bucket/hello.txt\n\
@@ -249,12 +278,15 @@ fn print_banner(dir: &Path) {
          \x20 curl -si -H 'x-meridian-residency: FR' -H 'x-meridian-explain: 1' http://{EDGE_HTTP}/_sim/echo\n\
          \x20 curl -si --http2 --cacert {ca} --resolve us.demo.local:8443:127.0.0.1 -H 'x-meridian-explain: 1' https://us.demo.local:8443/_sim/echo\n\
          \x20 curl -si http://{EDGE_ADMIN}/readyz\n\n\
-         Control plane: https://{CP_ADMIN} (token dev-token), holding the same fleet:\n\
+         Control plane: API https://{CP_ADMIN} (token dev-token), push {CP_PUSH} (QUIC, HTTP/2 fallback):\n\
          \x20 export MERIDIAN_TOKEN=dev-token MERIDIAN_CA={ca}\n\
-         \x20 ./target/debug/meridian-cp get providers\n\
-         \x20 ./target/debug/meridian-cp dry-run CN\n\n\
+         \x20 ./target/debug/meridian-cp edge status\n\
+         \x20 ./target/debug/meridian-cp dry-run CN --edge {EDGE_ID}\n\
+         \x20 ./target/debug/meridian-cp drain de-fra-1     # the edge stops using it within a second\n\
+         \x20 curl -s http://{EDGE_ADMIN}/statusz\n\n\
          Every response names the provider that served it in x-sim-provider. Ctrl-C stops everything.",
-        dir.join("edge.toml").display()
+        dir.join("edge.toml").display(),
+        dir.display()
     );
 }
 
@@ -263,15 +295,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn generated_edge_config_is_valid() {
+    fn generated_configs_and_fleet_are_valid() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("certs")).unwrap();
-        for f in ["ca.crt", "edge.crt", "edge.key"] {
+        for f in ["ca.crt", "edge.crt", "edge.key", "edge-client.crt", "edge-client.key"] {
             std::fs::write(dir.path().join("certs").join(f), "x").unwrap();
         }
         let cfg = meridian_edge::EdgeConfig::parse(&edge_config(), "edge.toml", dir.path()).unwrap();
-        assert_eq!(cfg.fleet.providers.len(), 6);
-        assert_eq!(cfg.fleet.tenants.len(), 3);
+        assert!(cfg.fleet.is_none(), "the dev edge is fed by push");
+        assert_eq!(cfg.control_plane.unwrap().edge_id, EDGE_ID);
         assert_eq!(cfg.listeners.http, Some(EDGE_HTTP.parse().unwrap()));
+        std::fs::write(dir.path().join("fleet.toml"), fleet_toml()).unwrap();
+        let fleet = meridian_cp::client::read_fleet(&dir.path().join("fleet.toml")).unwrap();
+        assert_eq!((fleet.providers.len(), fleet.tenants.len()), (6, 3));
+        let cp = meridian_cp::config::CpConfig::parse(&cp_config_toml(), "cp.toml", dir.path()).unwrap();
+        assert_eq!(cp.push.unwrap().listen, CP_PUSH.parse().unwrap());
     }
 }

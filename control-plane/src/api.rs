@@ -16,7 +16,8 @@
 //! | `GET`/`PUT /v1/policy` | the residency policy |
 //! | `GET /v1/groups`, `PUT`/`DELETE /v1/groups/{name}` | jurisdiction groups |
 //! | `GET /v1/tenants`, `PUT`/`DELETE /v1/tenants/{id}` | tenants |
-//! | `POST /v1/dry-run` `{"origin":"CN"}` | which providers the policy allows |
+//! | `POST /v1/dry-run` `{"origin":"CN","edge":"e1"}` | which providers the policy allows, and which that edge would choose |
+//! | `GET /v1/edges`, `GET /v1/edges/{id}` | edges, the version each runs, ACK/NACK, fleet health |
 //! | `GET /v1/openapi.json` | the OpenAPI 3 description |
 
 use std::convert::Infallible;
@@ -41,6 +42,7 @@ use tokio::sync::Mutex;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::{CpConfig, hash_token};
+use crate::push::Hub;
 use crate::store::{Store, StoreError};
 
 /// Largest request body accepted (a whole fleet document).
@@ -49,9 +51,6 @@ const MAX_BODY: usize = 8 << 20;
 /// The API could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    /// The store failed to open.
-    #[error(transparent)]
-    Store(#[from] StoreError),
     /// Certificate or key unusable.
     #[error("admin TLS: {0}")]
     Tls(String),
@@ -67,7 +66,8 @@ pub enum ApiError {
 
 /// The API's state.
 struct Api {
-    store: Store,
+    store: Arc<Store>,
+    hub: Arc<Hub>,
     tokens: Vec<[u8; 32]>,
     /// Serialises read-modify-write of the fleet.
     writes: Mutex<()>,
@@ -87,9 +87,9 @@ impl Drop for ApiHandle {
     }
 }
 
-/// Opens the store, binds the listener and serves until dropped.
-pub async fn start(cfg: &CpConfig) -> Result<ApiHandle, ApiError> {
-    let store = Store::open(&cfg.data_dir)?;
+/// Binds the listener and serves until dropped. Every committed version is
+/// published to `hub`.
+pub async fn start(cfg: &CpConfig, store: Arc<Store>, hub: Arc<Hub>) -> Result<ApiHandle, ApiError> {
     let tls = acceptor(cfg)?;
     let tokens = cfg
         .admin
@@ -104,6 +104,7 @@ pub async fn start(cfg: &CpConfig) -> Result<ApiHandle, ApiError> {
         .collect();
     let api = Arc::new(Api {
         store,
+        hub,
         tokens,
         writes: Mutex::new(()),
     });
@@ -206,7 +207,9 @@ fn openapi() -> Value {
             "/v1/groups/{name}": { "put": op("Create or replace a group"), "delete": op("Remove a group") },
             "/v1/tenants": { "get": op("Tenants") },
             "/v1/tenants/{id}": { "put": op("Create or replace a tenant"), "delete": op("Remove a tenant") },
-            "/v1/dry-run": { "post": op("Which providers the policy allows for {\"origin\": \"CN\"}") },
+            "/v1/dry-run": { "post": op("Which providers the policy allows for {\"origin\": \"CN\", \"edge\": \"edge-1\"}, and which that edge would choose") },
+            "/v1/edges": { "get": op("Edges: the version each runs, its last ACK or NACK, connection state, and the providers down for the fleet") },
+            "/v1/edges/{id}": { "get": op("One edge, with its view of the providers") },
             "/v1/openapi.json": { "get": op("This document") }
         }
     })
@@ -215,6 +218,9 @@ fn openapi() -> Value {
 #[derive(Deserialize)]
 struct DryRun {
     origin: Option<String>,
+    /// The edge whose view decides the choice.
+    #[serde(default)]
+    edge: Option<String>,
 }
 
 impl Api {
@@ -362,6 +368,21 @@ impl Api {
                 let id = (*id).to_owned();
                 self.modify(move |f| f.tenants.retain(|t| t.id != id)).await
             }
+            (&Method::GET, ["v1", "edges"]) => {
+                let current = self.hub.subscribe().borrow().version;
+                reply(
+                    StatusCode::OK,
+                    json!({ "version": current, "fleet_down": self.hub.fleet_down(), "edges": self.hub.list() }),
+                )
+            }
+            (&Method::GET, ["v1", "edges", id]) => match self.hub.edge(id) {
+                Some(e) => reply(StatusCode::OK, json!(e)),
+                None => error(
+                    StatusCode::NOT_FOUND,
+                    "unknown_edge",
+                    format!("no edge `{id}` has subscribed"),
+                ),
+            },
             (&Method::GET, ["v1", "openapi.json"]) => reply(StatusCode::OK, openapi()),
             (&Method::POST, ["v1", "dry-run"]) => match serde_json::from_slice::<DryRun>(&body) {
                 Ok(q) => self.dry_run(q),
@@ -403,9 +424,14 @@ impl Api {
         self.commit(&fleet)
     }
 
+    /// Commits and publishes; callers hold `writes`, so versions reach the hub in
+    /// order.
     fn commit(&self, fleet: &Fleet) -> Response<Full<Bytes>> {
         match self.store.commit(fleet) {
-            Ok(version) => reply(StatusCode::OK, json!({ "version": version })),
+            Ok(version) => {
+                self.hub.publish(version, fleet.clone());
+                reply(StatusCode::OK, json!({ "version": version }))
+            }
             Err(e) => store_error(e),
         }
     }
@@ -415,6 +441,17 @@ impl Api {
             Ok(o) => o,
             Err(e) => return error(StatusCode::BAD_REQUEST, "bad_origin", e.to_string()),
         };
+        let edge = match q.edge.as_deref().map(|id| (id, self.hub.edge(id))) {
+            None => None,
+            Some((_, Some(record))) => Some(record),
+            Some((id, None)) => {
+                return error(
+                    StatusCode::NOT_FOUND,
+                    "unknown_edge",
+                    format!("no edge `{id}` has subscribed"),
+                );
+            }
+        };
         let (version, fleet) = match self.store.current() {
             Ok(Some(x)) => x,
             Ok(None) => return error(StatusCode::NOT_FOUND, "no_fleet", "no fleet has been stored yet"),
@@ -422,17 +459,40 @@ impl Api {
         };
         let policy = CompiledPolicy::compile(&fleet);
         let answer = match policy.evaluate(origin) {
-            Verdict::Denied => json!({ "version": version, "denied": true, "allowed": [], "eligible": [] }),
+            Verdict::Denied => {
+                json!({ "version": version, "denied": true, "allowed": [], "eligible": [], "chosen": null })
+            }
             Verdict::Allowed { rule, providers } => {
                 let allowed: Vec<&ProviderSpec> = providers.iter().map(|i| &fleet.providers[i]).collect();
+                let fleet_down = self.hub.fleet_down();
+                // Those that take new requests at all: active and not down for the fleet.
+                let eligible: Vec<&ProviderSpec> = allowed
+                    .iter()
+                    .copied()
+                    .filter(|p| p.state == ProviderState::Active && !fleet_down.contains(&p.id))
+                    .collect();
+                // At an edge, its own evidence of failure excludes a provider too, and
+                // the lowest reported round-trip time wins (before live load, which
+                // only the edge knows).
+                let chosen = edge.as_ref().and_then(|e| {
+                    let seen = |p: &ProviderSpec| e.observations.iter().find(|o| o.provider == p.id);
+                    eligible
+                        .iter()
+                        .filter(|p| seen(p).is_none_or(|o| o.up))
+                        .min_by(|a, b| {
+                            let rtt = |p: &ProviderSpec| seen(p).and_then(|o| o.rtt_ms).unwrap_or(f64::INFINITY);
+                            rtt(a).total_cmp(&rtt(b))
+                        })
+                        .map(|p| p.id.as_str())
+                });
                 json!({
                     "version": version,
                     "denied": allowed.is_empty(),
                     "rule": policy.rule_name(rule),
                     "allowed": allowed.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(),
-                    // Which of them takes a request depends on each edge's measurements;
-                    // these are the ones that take new requests at all.
-                    "eligible": allowed.iter().filter(|p| p.state == ProviderState::Active).map(|p| p.id.as_str()).collect::<Vec<_>>(),
+                    "eligible": eligible.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(),
+                    "edge": edge.as_ref().map(|e| e.edge_id.as_str()),
+                    "chosen": chosen,
                 })
             }
         };

@@ -53,6 +53,51 @@ pub struct AdminConfig {
     pub tokens: Vec<TokenConfig>,
 }
 
+/// Where edges subscribe to the fleet: QUIC on UDP and its HTTP/2 fallback on TCP,
+/// both on `listen`, both with mutual TLS.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PushConfig {
+    /// UDP (QUIC) and TCP (HTTP/2) address.
+    pub listen: SocketAddr,
+    /// PEM certificate chain presented to edges.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+    /// PEM CA bundle that signs edge client certificates; an edge's id must be a DNS
+    /// name in its certificate.
+    pub client_ca: PathBuf,
+    /// Serve QUIC.
+    #[serde(default = "yes")]
+    pub quic: bool,
+    /// Serve the HTTP/2 fallback.
+    #[serde(default = "yes")]
+    pub h2: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// When a provider counts as down for the whole fleet.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FleetHealthConfig {
+    /// At least this many connected edges must report it down...
+    pub min_edges: u32,
+    /// ...and at least this fraction of the connected edges that report on it.
+    pub fraction: f64,
+}
+
+impl Default for FleetHealthConfig {
+    fn default() -> Self {
+        FleetHealthConfig {
+            min_edges: 2,
+            fraction: 0.5,
+        }
+    }
+}
+
 /// A checked control-plane configuration, paths resolved against its directory.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -61,6 +106,12 @@ pub struct CpConfig {
     pub data_dir: PathBuf,
     /// The admin API.
     pub admin: AdminConfig,
+    /// Push to edges; without it the control plane only stores.
+    #[serde(default)]
+    pub push: Option<PushConfig>,
+    /// Fleet health aggregation.
+    #[serde(default)]
+    pub fleet_health: FleetHealthConfig,
 }
 
 impl CpConfig {
@@ -99,6 +150,21 @@ impl CpConfig {
         cfg.data_dir = base.join(&cfg.data_dir);
         cfg.admin.cert = base.join(&cfg.admin.cert);
         cfg.admin.key = base.join(&cfg.admin.key);
+        if let Some(push) = &mut cfg.push {
+            push.cert = base.join(&push.cert);
+            push.key = base.join(&push.key);
+            push.client_ca = base.join(&push.client_ca);
+            if !push.quic && !push.h2 {
+                return Err(invalid("push: at least one of `quic` and `h2` must be true".into()));
+            }
+        }
+        let h = &cfg.fleet_health;
+        if h.min_edges == 0 {
+            return Err(invalid("fleet_health.min_edges: must be at least 1".into()));
+        }
+        if !(h.fraction > 0.0 && h.fraction <= 1.0) {
+            return Err(invalid("fleet_health.fraction: must be in (0, 1]".into()));
+        }
         Ok(cfg)
     }
 }

@@ -1,8 +1,7 @@
 //! `meridian-cp`: the Meridian control plane.
 //!
-//! `serve` runs the durable store and the authenticated admin API; push to edges is
-//! still to come, so edges read their fleet from their own config file, in the same
-//! model (`meridian-proto`) the control plane stores.
+//! `serve` runs the durable store, the authenticated admin API and push to edges;
+//! the other subcommands are the operator's CLI over the admin API.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -87,12 +86,32 @@ enum Command {
         provider: String,
     },
     /// Which providers the policy allows for data of ORIGIN (omit it for an unknown
-    /// origin).
+    /// origin), and with --edge which one that edge would choose by its reports.
     DryRun {
         #[command(flatten)]
         api: ApiArgs,
         /// ISO 3166-1 alpha-2 origin, e.g. CN.
         origin: Option<String>,
+        /// Edge id whose view of the providers decides the choice.
+        #[arg(long)]
+        edge: Option<String>,
+    },
+    /// Edges subscribed to this control plane.
+    Edge {
+        #[command(subcommand)]
+        command: EdgeCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum EdgeCommand {
+    /// Every edge (or one): connected or not, transport, the version it runs, its last
+    /// ACK and NACK (with the reason), and the providers down for the fleet.
+    Status {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// One edge's id; all edges when omitted.
+        id: Option<String>,
     },
 }
 
@@ -121,8 +140,17 @@ fn main() -> ExitCode {
             let path = format!("/v1/providers/{provider}/undrain");
             Ok(meridian_cp::client::call(&t, http::Method::POST, &path, None).await?)
         }),
-        Command::DryRun { api, origin } => cli(api, |t| async move {
-            let body = serde_json::json!({ "origin": origin });
+        Command::Edge {
+            command: EdgeCommand::Status { api, id },
+        } => cli(api, |t| async move {
+            let path = match id {
+                Some(id) => format!("/v1/edges/{id}"),
+                None => "/v1/edges".to_owned(),
+            };
+            Ok(meridian_cp::client::call(&t, http::Method::GET, &path, None).await?)
+        }),
+        Command::DryRun { api, origin, edge } => cli(api, |t| async move {
+            let body = serde_json::json!({ "origin": origin, "edge": edge });
             Ok(meridian_cp::client::call(&t, http::Method::POST, "/v1/dry-run", Some(body)).await?)
         }),
         Command::HashToken { token } => {
@@ -175,8 +203,16 @@ fn serve(path: &std::path::Path) -> anyhow::Result<()> {
     rt.block_on(async {
         // Handler first, so a SIGTERM right after start-up still stops it cleanly.
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        let api = meridian_cp::api::start(&cfg).await.context("starting the admin API")?;
-        tracing::info!(admin = %api.addr, data = %cfg.data_dir.display(), "meridian-cp serving");
+        let cp = meridian_cp::server::start(&cfg)
+            .await
+            .context("starting the control plane")?;
+        tracing::info!(
+            admin = %cp.api.addr,
+            push_quic = ?cp.push.as_ref().and_then(|p| p.quic_addr),
+            push_h2 = ?cp.push.as_ref().and_then(|p| p.h2_addr),
+            data = %cfg.data_dir.display(),
+            "meridian-cp serving"
+        );
         tokio::select! {
             _ = term.recv() => {}
             _ = tokio::signal::ctrl_c() => {}

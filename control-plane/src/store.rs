@@ -12,6 +12,8 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 /// Fleet documents (JSON) by version.
 const FLEETS: TableDefinition<u64, &[u8]> = TableDefinition::new("fleets");
+/// Facts about the store itself.
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
 /// Why the store refused or failed.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +43,7 @@ pub enum StoreError {
 pub struct Store {
     db: Database,
     path: PathBuf,
+    epoch: u64,
 }
 
 impl std::fmt::Debug for Store {
@@ -61,7 +64,49 @@ impl Store {
         };
         std::fs::create_dir_all(dir).map_err(|e| fail(&e))?;
         let db = Database::create(&path).map_err(|e| fail(&e))?;
-        Ok(Store { db, path })
+        let epoch = {
+            let txn = db.begin_write().map_err(|e| fail(&e))?;
+            let epoch = {
+                let mut meta = txn.open_table(META).map_err(|e| fail(&e))?;
+                let existing = meta.get("epoch").map_err(|e| fail(&e))?.map(|v| v.value());
+                match existing {
+                    Some(e) => e,
+                    None => {
+                        let fresh = random_epoch().map_err(|e| fail(&e))?;
+                        meta.insert("epoch", fresh).map_err(|e| fail(&e))?;
+                        fresh
+                    }
+                }
+            };
+            txn.commit().map_err(|e| fail(&e))?;
+            epoch
+        };
+        Ok(Store { db, path, epoch })
+    }
+
+    /// This store's identity, drawn at random when it was created: versions from
+    /// two stores are unrelated, and edges must not mistake one for the other.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// The fleet of one version, if it is kept.
+    pub fn get(&self, version: u64) -> Result<Option<Fleet>, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| self.fail(&e))?;
+        let table = match txn.open_table(FLEETS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(self.fail(&e)),
+        };
+        let Some(doc) = table.get(version).map_err(|e| self.fail(&e))? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(doc.value())
+            .map(Some)
+            .map_err(|e| StoreError::Decode {
+                version,
+                message: e.to_string(),
+            })
     }
 
     fn fail(&self, e: &dyn std::fmt::Display) -> StoreError {
@@ -109,6 +154,13 @@ impl Store {
     }
 }
 
+fn random_epoch() -> Result<u64, ring::error::Unspecified> {
+    let mut bytes = [0u8; 8];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)?;
+    // Leave room below 2^53 so the epoch survives JSON readers that use doubles.
+    Ok(u64::from_be_bytes(bytes) >> 11 | 1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -141,5 +193,12 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let (version, f) = store.current().unwrap().unwrap();
         assert_eq!((version, f.tenants.len()), (2, 2));
+        assert_eq!(store.get(1).unwrap().unwrap().tenants.len(), 1);
+        assert!(store.get(3).unwrap().is_none());
+        let epoch = store.epoch();
+        drop(store);
+        assert_eq!(Store::open(dir.path()).unwrap().epoch(), epoch, "the epoch is durable");
+        let other = tempfile::tempdir().unwrap();
+        assert_ne!(Store::open(other.path()).unwrap().epoch(), epoch);
     }
 }

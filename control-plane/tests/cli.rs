@@ -12,7 +12,7 @@ use support::*;
 fn cli(api: &Api, args: &[&str]) -> (bool, String, String) {
     let ca = api.dir.path().join("ca.crt");
     std::fs::write(&ca, &api.ca.cert_pem).unwrap();
-    let server = format!("https://localhost:{}", api.handle.addr.port());
+    let server = format!("https://localhost:{}", api.handle.api.addr.port());
     let out = Command::new(env!("CARGO_BIN_EXE_meridian-cp"))
         .args(args)
         .args(["--server", &server, "--ca"])

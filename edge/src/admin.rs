@@ -1,9 +1,11 @@
-//! The admin listener: liveness and readiness for orchestrators and load balancers.
+//! The admin listener: liveness, readiness and fleet status for orchestrators, load
+//! balancers and operators.
 //!
-//! Keep it on loopback. It answers only fixed paths and never touches the request
-//! path's state beyond reading whether the edge is draining.
+//! Keep it on loopback. It answers only fixed paths and only reads: whether the edge
+//! is draining, and where its fleet came from.
 
 use std::convert::Infallible;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
@@ -14,31 +16,46 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-/// Serves `/healthz` (alive) and `/readyz` (serving; 503 once draining).
-pub async fn serve(socket: TcpListener, drain: watch::Receiver<bool>) {
+use crate::server::Core;
+
+/// Serves `/healthz` (alive), `/readyz` (serving: a fleet is loaded and the edge is
+/// not draining) and `/statusz` (JSON: fleet source and version, control-plane
+/// subscription).
+pub async fn serve(socket: TcpListener, drain: watch::Receiver<bool>, core: Arc<Core>) {
     loop {
         let Ok((tcp, _)) = socket.accept().await else {
             continue;
         };
-        let drain = drain.clone();
+        let (drain, core) = (drain.clone(), core.clone());
         tokio::spawn(async move {
             let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
                 let draining = *drain.borrow();
-                async move { Ok::<_, Infallible>(answer(req.method(), req.uri().path(), draining)) }
+                let core = core.clone();
+                async move { Ok::<_, Infallible>(answer(req.method(), req.uri().path(), draining, &core)) }
             });
             let _ = http1::Builder::new().serve_connection(TokioIo::new(tcp), svc).await;
         });
     }
 }
 
-fn answer(method: &Method, path: &str, draining: bool) -> Response<Full<Bytes>> {
+fn answer(method: &Method, path: &str, draining: bool, core: &Core) -> Response<Full<Bytes>> {
     let (status, body) = match (method, path) {
-        (&Method::GET | &Method::HEAD, "/healthz") => (StatusCode::OK, "ok\n"),
-        (&Method::GET | &Method::HEAD, "/readyz") if draining => (StatusCode::SERVICE_UNAVAILABLE, "draining\n"),
-        (&Method::GET | &Method::HEAD, "/readyz") => (StatusCode::OK, "ready\n"),
-        _ => (StatusCode::NOT_FOUND, "not found\n"),
+        (&Method::GET | &Method::HEAD, "/healthz") => (StatusCode::OK, Bytes::from_static(b"ok\n")),
+        (&Method::GET | &Method::HEAD, "/readyz") if draining => {
+            (StatusCode::SERVICE_UNAVAILABLE, Bytes::from_static(b"draining\n"))
+        }
+        (&Method::GET | &Method::HEAD, "/readyz") if !core.has_fleet() => {
+            (StatusCode::SERVICE_UNAVAILABLE, Bytes::from_static(b"no fleet yet\n"))
+        }
+        (&Method::GET | &Method::HEAD, "/readyz") => (StatusCode::OK, Bytes::from_static(b"ready\n")),
+        (&Method::GET | &Method::HEAD, "/statusz") => {
+            let mut body = serde_json::to_vec(&core.status()).unwrap_or_default();
+            body.push(b'\n');
+            (StatusCode::OK, Bytes::from(body))
+        }
+        _ => (StatusCode::NOT_FOUND, Bytes::from_static(b"not found\n")),
     };
-    let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    let mut resp = Response::new(Full::new(body));
     *resp.status_mut() = status;
     resp
 }

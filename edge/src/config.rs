@@ -124,7 +124,75 @@ struct RawConfig {
     probes: ProbeConfig,
     #[serde(default)]
     hedging: HedgingConfig,
-    fleet: Fleet,
+    #[serde(default)]
+    control_plane: Option<ControlPlaneConfig>,
+    #[serde(default)]
+    fleet: Option<Fleet>,
+}
+
+/// How the edge reaches its control plane for the fleet.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PushTransport {
+    /// QUIC, falling back to HTTP/2 when QUIC does not connect.
+    #[default]
+    Auto,
+    /// QUIC only.
+    Quic,
+    /// HTTP/2 only (networks that block UDP).
+    H2,
+}
+
+/// The control plane this edge subscribes to. With it, the fleet comes by push and
+/// `[fleet]` in this file is only the fallback before the first snapshot.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlPlaneConfig {
+    /// `host:port` of the control plane's push listener (UDP for QUIC, TCP for HTTP/2).
+    pub address: String,
+    /// TLS name to verify the control plane's certificate against; the host part of
+    /// `address` by default.
+    #[serde(default)]
+    pub server_name: Option<String>,
+    /// This edge's id; it must be a DNS name in `cert_file`.
+    pub edge_id: String,
+    /// PEM CA bundle that signed the control plane's certificate.
+    pub ca_file: PathBuf,
+    /// PEM client certificate (mutual TLS).
+    pub cert_file: PathBuf,
+    /// PEM private key of `cert_file`.
+    pub key_file: PathBuf,
+    /// Where the last acknowledged snapshot is kept, to start from when the control
+    /// plane is unreachable.
+    pub state_dir: PathBuf,
+    /// `auto`, `quic` or `h2`.
+    #[serde(default)]
+    pub transport: PushTransport,
+    /// How long a QUIC handshake may take before `auto` tries HTTP/2.
+    #[serde(default = "default_quic_timeout")]
+    pub quic_timeout: HumanDuration,
+    /// First reconnect delay; it doubles (with jitter) up to `reconnect_max`.
+    #[serde(default = "default_reconnect_min")]
+    pub reconnect_min: HumanDuration,
+    /// Longest reconnect delay.
+    #[serde(default = "default_reconnect_max")]
+    pub reconnect_max: HumanDuration,
+    /// How often the edge checks its view of the providers and reports a change.
+    #[serde(default = "default_report_interval")]
+    pub report_interval: HumanDuration,
+}
+
+fn default_quic_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(3))
+}
+fn default_reconnect_min() -> HumanDuration {
+    HumanDuration(Duration::from_millis(200))
+}
+fn default_reconnect_max() -> HumanDuration {
+    HumanDuration(Duration::from_secs(30))
+}
+fn default_report_interval() -> HumanDuration {
+    HumanDuration(Duration::from_secs(1))
 }
 
 /// Hedged GETs: when the first provider has not answered by a latency percentile,
@@ -442,7 +510,7 @@ pub struct TlsConfig {
 }
 
 /// Addresses the edge listens on.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Listeners {
     /// Plain HTTP/1.1.
     pub http: Option<SocketAddr>,
@@ -502,8 +570,11 @@ pub struct EdgeConfig {
     pub probes: ProbeConfig,
     /// Hedged GETs.
     pub hedging: HedgingConfig,
-    /// Providers, policy and tenants: the model the control plane will push.
-    pub fleet: Fleet,
+    /// The control plane to subscribe to, if any.
+    pub control_plane: Option<ControlPlaneConfig>,
+    /// Providers, policy and tenants from this file: the whole truth without a
+    /// control plane, the fallback before the first push with one.
+    pub fleet: Option<Fleet>,
 }
 
 impl EdgeConfig {
@@ -536,7 +607,10 @@ impl EdgeConfig {
         let limits = raw.limits;
         check_limits(&limits).map_err(|(key, msg)| at(None, &format!("limits.{key}"), msg))?;
 
-        if let Err(e) = raw.fleet.validate() {
+        if raw.fleet.is_none() && raw.control_plane.is_none() {
+            return Err(at(None, "fleet", "required unless [control_plane] provides it".into()));
+        }
+        if let Some(Err(e)) = raw.fleet.as_ref().map(Fleet::validate) {
             let key = format!("fleet.{}", e.path);
             return Err(ConfigError::Invalid {
                 file: file.to_owned(),
@@ -684,6 +758,47 @@ impl EdgeConfig {
         let mut upstream = raw.upstream;
         upstream.ca_file = upstream.ca_file.map(|p| base.join(p));
 
+        let mut control_plane = raw.control_plane;
+        if let Some(cp) = &mut control_plane {
+            if rustls_pki_types::ServerName::try_from(cp.edge_id.as_str()).is_err()
+                || cp.edge_id.parse::<IpAddr>().is_ok()
+            {
+                return Err(at(
+                    None,
+                    "control_plane.edge_id",
+                    format!("`{}` is not a DNS name", cp.edge_id),
+                )
+                .with_line(src));
+            }
+            for (key, path) in [
+                ("control_plane.ca_file", &mut cp.ca_file),
+                ("control_plane.cert_file", &mut cp.cert_file),
+                ("control_plane.key_file", &mut cp.key_file),
+            ] {
+                *path = base.join(&*path);
+                if !path.is_file() {
+                    return Err(at(None, key, format!("file {} does not exist", path.display())).with_line(src));
+                }
+            }
+            cp.state_dir = base.join(&cp.state_dir);
+            if cp.reconnect_min.0.is_zero() || cp.reconnect_max.0 < cp.reconnect_min.0 {
+                return Err(at(
+                    None,
+                    "control_plane.reconnect_max",
+                    "reconnect_min must be above zero and reconnect_max at least reconnect_min".into(),
+                )
+                .with_line(src));
+            }
+            if cp.report_interval.0.is_zero() || cp.quic_timeout.0.is_zero() {
+                return Err(at(
+                    None,
+                    "control_plane.report_interval",
+                    "report_interval and quic_timeout must be above zero".into(),
+                )
+                .with_line(src));
+            }
+        }
+
         Ok(EdgeConfig {
             listeners: Listeners {
                 http: raw.listeners.http,
@@ -703,6 +818,7 @@ impl EdgeConfig {
             log: raw.log,
             probes: raw.probes,
             hedging: raw.hedging,
+            control_plane,
             fleet: raw.fleet,
         })
     }

@@ -22,6 +22,7 @@ pub mod listener;
 pub mod origin;
 pub mod probe;
 pub mod proxy;
+pub mod push;
 pub mod respond;
 pub mod route;
 pub mod runtime;

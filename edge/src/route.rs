@@ -196,6 +196,9 @@ pub struct Routing {
     /// One per policy rule, for allowed sets larger than `INLINE_CANDIDATES`.
     shortlists: Vec<Shortlist>,
     base: Instant,
+    /// False before the first fleet arrives (an edge fed by push, started with no
+    /// snapshot): every request is refused as retryable.
+    has_fleet: bool,
 }
 
 impl Routing {
@@ -208,7 +211,20 @@ impl Routing {
             providers,
             shortlists,
             base: Instant::now(),
+            has_fleet: true,
         }
+    }
+
+    /// Routing before any fleet is known: nothing is allowed, and the refusal says
+    /// "try again" (503), not "forbidden" (451).
+    pub fn without_fleet(mut self) -> Self {
+        self.has_fleet = false;
+        self
+    }
+
+    /// Whether a fleet is loaded.
+    pub fn has_fleet(&self) -> bool {
+        self.has_fleet
     }
 
     /// The origin chain.
@@ -235,6 +251,9 @@ impl Routing {
         exclude: Option<usize>,
         now: Instant,
     ) -> Result<Target, RouteError> {
+        if !self.has_fleet {
+            return Err(RouteError::NoCompliant { origin, candidates: 0 });
+        }
         let (rule, providers) = match self.policy.evaluate(origin.jurisdiction) {
             Verdict::Denied => return Err(RouteError::Denied { origin }),
             Verdict::Allowed { providers, .. } if providers.is_empty() => return Err(RouteError::Denied { origin }),

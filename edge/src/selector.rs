@@ -9,7 +9,7 @@
 
 use std::cell::Cell;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -46,6 +46,8 @@ struct Health {
 #[derive(Debug)]
 pub struct ProviderStats {
     inflight: AtomicU32,
+    /// Down by a quorum of the fleet's edges, as the control plane last said.
+    fleet_down: AtomicBool,
     // One short critical section per sample or per cost; never held across await.
     health: Mutex<Health>,
 }
@@ -54,6 +56,7 @@ impl Default for ProviderStats {
     fn default() -> Self {
         ProviderStats {
             inflight: AtomicU32::new(0),
+            fleet_down: AtomicBool::new(false),
             health: Mutex::new(Health {
                 rtt: PeakEwma::new(Duration::from_secs(10)),
                 bandwidth: Ewma::new(Duration::from_secs(60)),
@@ -118,6 +121,17 @@ impl ProviderStats {
         }
     }
 
+    /// Records the fleet's verdict. Down for the fleet excludes the provider; up for
+    /// the fleet changes nothing, so this edge's own evidence of failure still wins.
+    pub fn set_fleet_down(&self, down: bool) {
+        self.fleet_down.store(down, Ordering::Relaxed);
+    }
+
+    /// Whether the fleet considers it down.
+    pub fn fleet_down(&self) -> bool {
+        self.fleet_down.load(Ordering::Relaxed)
+    }
+
     /// Whether the provider is ejected at `now`.
     pub fn is_ejected(&self, now: Instant) -> bool {
         self.health
@@ -129,6 +143,9 @@ impl ProviderStats {
     /// Estimated seconds to complete a request moving `bytes`, with load and
     /// slow-start penalties; `None` while ejected.
     pub fn cost(&self, bytes: u64, now: Instant) -> Option<f64> {
+        if self.fleet_down() {
+            return None;
+        }
         let h = self.health.lock().ok()?;
         if h.ejected_until.is_some_and(|t| now < t) {
             return None;

@@ -2,15 +2,21 @@
 //! snapshot, starts one worker thread per core, and owns reload and graceful
 //! shutdown.
 //!
-//! Reload is all-or-nothing: a config or certificate that fails to load leaves the
-//! running one untouched. Shutdown stops accepting at once and gives in-flight
-//! requests until the drain deadline; it never cuts a request that finishes in time.
+//! Reload is all-or-nothing: a config, certificate or pushed fleet that fails to
+//! load leaves the running one untouched. The fleet comes from the config file, or,
+//! with a control plane, from push (starting from the last acknowledged snapshot on
+//! disk); a file reload never replaces a pushed fleet. Shutdown stops accepting at
+//! once and gives in-flight requests until the drain deadline; it never cuts a
+//! request that finishes in time.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::time::Instant;
 
-use meridian_proto::{CompiledPolicy, ProviderState};
+use meridian_proto::wire::{Observation, Running};
+use meridian_proto::{CompiledPolicy, Fleet, Policy, ProviderId, ProviderState, UnknownOrigin};
 use rustls::crypto::CryptoProvider;
+use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
@@ -21,6 +27,7 @@ use crate::headers::ViaValues;
 use crate::listener::Listener;
 use crate::origin::{GeoipError, OriginResolver, open_geoip};
 use crate::proxy::{Proxy, Snapshot};
+use crate::push::{self, ConnectError, Connector, FleetSink, PushStatus, persist};
 use crate::route::{RoutedProvider, Routing};
 use crate::runtime::{bind_reuseport, set_current_worker, worker_count};
 use crate::tls::{self, SniResolver, TlsError};
@@ -48,6 +55,9 @@ pub enum StartError {
     /// The GeoIP database is unusable.
     #[error(transparent)]
     Geoip(#[from] GeoipError),
+    /// The control-plane client could not be set up.
+    #[error(transparent)]
+    ControlPlane(#[from] ConnectError),
     /// A worker thread could not be started.
     #[error("cannot start a worker thread: {source}")]
     Worker {
@@ -56,17 +66,49 @@ pub enum StartError {
     },
 }
 
-/// A running edge: worker threads serving the listeners, and the handles to reload
-/// and drain them. Dropping it starts a drain.
-pub struct Edge {
+/// Where the running fleet came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FleetSource {
+    /// None yet: every request gets 503 and readiness fails.
+    None,
+    /// `[fleet]` in the config file.
+    File,
+    /// The last acknowledged snapshot on disk.
+    Persisted,
+    /// The control plane, in this run.
+    Push,
+}
+
+/// What reloads and pushes change, shared by the edge, its push client and its
+/// admin listener.
+pub struct Core {
     proxy: Arc<Proxy>,
     resolver: Option<Arc<SniResolver>>,
     crypto: Arc<CryptoProvider>,
+    workers: usize,
+    state: Mutex<CoreState>,
+    push: Option<Arc<PushStatus>>,
+}
+
+struct CoreState {
+    config: EdgeConfig,
+    /// The fleet in force, and where it came from.
+    fleet: Option<Arc<Fleet>>,
+    source: FleetSource,
+    running: Option<Running>,
+    /// The fleet's verdict, re-applied to providers a new fleet brings.
+    fleet_down: Vec<ProviderId>,
+}
+
+/// A running edge: worker threads serving the listeners, and the handles to reload
+/// and drain them. Dropping it starts a drain.
+pub struct Edge {
+    core: Arc<Core>,
     drain: watch::Sender<bool>,
     permits: Arc<Semaphore>,
     max_connections: u32,
-    workers: usize,
-    config: EdgeConfig,
+    drain_timeout: std::time::Duration,
     /// Bound plain HTTP address.
     pub http_addr: Option<SocketAddr>,
     /// Bound HTTPS address.
@@ -95,7 +137,27 @@ impl Edge {
     pub async fn start(config: EdgeConfig) -> Result<Edge, StartError> {
         let crypto = tls::crypto_provider();
         let workers = worker_count(config.runtime.workers);
-        let snapshot = build_snapshot(&config, &crypto, None, workers)?;
+        let connector = match &config.control_plane {
+            Some(cp) => Some(Arc::new(Connector::new(cp, crypto.clone())?)),
+            None => None,
+        };
+        // With a control plane, the last acknowledged snapshot beats the file.
+        let persisted = config
+            .control_plane
+            .as_ref()
+            .and_then(|cp| match persist::load(&cp.state_dir) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::error!(error = %e, "ignoring the persisted fleet snapshot");
+                    None
+                }
+            });
+        let (fleet, source, running) = match (&persisted, &config.fleet) {
+            (Some(p), _) => (Some(Arc::new(p.fleet.clone())), FleetSource::Persisted, Some(p.running)),
+            (None, Some(f)) => (Some(Arc::new(f.clone())), FleetSource::File, None),
+            (None, None) => (None, FleetSource::None, None),
+        };
+        let snapshot = build_snapshot(&config, fleet.as_deref(), &crypto, None, workers)?;
         let proxy = Proxy::new(snapshot);
         let (drain, drain_rx) = watch::channel(false);
         let max_connections = config.limits.max_connections;
@@ -126,15 +188,28 @@ impl Edge {
             None => None,
         };
         let local = |v: &[std::net::TcpListener]| v.first().and_then(|l| l.local_addr().ok());
-        let edge = Edge {
+        let push_status = connector.as_ref().map(|_| Arc::new(PushStatus::default()));
+        let core = Arc::new(Core {
             proxy: proxy.clone(),
             resolver,
             crypto,
+            workers,
+            state: Mutex::new(CoreState {
+                config: config.clone(),
+                fleet: fleet.clone(),
+                source,
+                running,
+                fleet_down: Vec::new(),
+            }),
+            push: push_status.clone(),
+        });
+        tracing::info!(source = ?source, version = ?running.map(|r| r.version), "fleet loaded");
+        let edge = Edge {
+            core: core.clone(),
             drain,
             permits: permits.clone(),
             max_connections,
-            workers,
-            config: config.clone(),
+            drain_timeout: config.shutdown.drain_timeout.0,
             http_addr: local(&http),
             https_addr: local(&https),
             admin_addr: admin.as_ref().and_then(|l| l.local_addr().ok()),
@@ -147,6 +222,22 @@ impl Edge {
                 drain_rx.clone(),
             ));
         }
+        if let (Some(cp), Some(connector), Some(status)) = (&config.control_plane, connector, push_status) {
+            let settings = push::Settings {
+                edge_id: cp.edge_id.clone(),
+                state_dir: Some(cp.state_dir.clone()),
+                reconnect_min: cp.reconnect_min.0,
+                reconnect_max: cp.reconnect_max.0,
+                report_interval: cp.report_interval.0,
+                wire: meridian_proto::wire::WIRE_VERSION,
+            };
+            let current = persisted.map(|p| push::Current {
+                running: p.running,
+                fleet: Arc::new(p.fleet),
+            });
+            let sink: Arc<dyn FleetSink> = core.clone();
+            tokio::spawn(push::run(connector, settings, sink, status, current, drain_rx.clone()));
+        }
         for index in 0..workers {
             let parts = WorkerParts {
                 index,
@@ -154,56 +245,167 @@ impl Edge {
                 https: https.pop(),
                 admin: if index == 0 { admin.take() } else { None },
             };
-            let proxy = proxy.clone();
+            let core = core.clone();
             let acceptor = acceptor.clone();
             let limits = config.limits.clone();
             let permits = permits.clone();
             let drain = drain_rx.clone();
             std::thread::Builder::new()
                 .name(format!("meridian-w{index}"))
-                .spawn(move || run_worker(parts, proxy, acceptor, limits, permits, drain, max_connections))
+                .spawn(move || run_worker(parts, core, acceptor, limits, permits, drain, max_connections))
                 .map_err(|source| StartError::Worker { source })?;
         }
         Ok(edge)
     }
 
-    /// Applies a new config: certificates, providers and routing. Listener
-    /// addresses and limits need a restart; a change to them is reported and ignored.
-    /// On any error nothing changes.
+    /// Applies a new config: certificates, and providers and routing unless the
+    /// fleet comes by push. Listener addresses and limits need a restart; a change to
+    /// them is reported and ignored. On any error nothing changes.
     pub fn reload(&mut self, config: EdgeConfig) -> Result<(), StartError> {
-        let snapshot = build_snapshot(&config, &self.crypto, Some(&self.proxy), self.workers)?;
-        if let Some(resolver) = &self.resolver {
-            resolver.reload(&config.tls)?;
-        }
-        self.proxy.swap(snapshot);
-        if config.listeners.http != self.config.listeners.http
-            || config.listeners.https != self.config.listeners.https
-            || config.listeners.admin != self.config.listeners.admin
-        {
-            tracing::warn!("listener addresses changed in the config; they take effect on restart");
-        }
-        self.config = config;
-        Ok(())
+        self.core.reload(config)
     }
 
     /// Stops accepting, lets in-flight requests finish until the configured drain
     /// deadline, and returns whether every connection finished in time.
     pub async fn shutdown(self) -> bool {
         let _ = self.drain.send(true);
-        let deadline = self.config.shutdown.drain_timeout.0;
         // All permits back means every connection has closed.
         let all = self.permits.acquire_many(self.max_connections);
-        matches!(tokio::time::timeout(deadline, all).await, Ok(Ok(_)))
+        matches!(tokio::time::timeout(self.drain_timeout, all).await, Ok(Ok(_)))
     }
 
     /// Worker threads serving the listeners.
     pub fn workers(&self) -> usize {
-        self.workers
+        self.core.workers
     }
 
     /// The config in force.
-    pub fn config(&self) -> &EdgeConfig {
-        &self.config
+    pub fn config(&self) -> EdgeConfig {
+        self.core.state().config.clone()
+    }
+
+    /// The shared state reloads and pushes change.
+    pub fn core(&self) -> &Arc<Core> {
+        &self.core
+    }
+}
+
+/// What the admin listener reports at `/statusz`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    /// Where the running fleet came from.
+    pub fleet_source: FleetSource,
+    /// Its version, when it came from a control plane.
+    pub fleet_version: Option<u64>,
+    /// The control plane's store it came from.
+    pub fleet_epoch: Option<u64>,
+    /// Providers the fleet considers down.
+    pub fleet_down: Vec<ProviderId>,
+    /// The subscription, when a control plane is configured.
+    pub control_plane: Option<push::StatusView>,
+}
+
+impl Core {
+    fn state(&self) -> MutexGuard<'_, CoreState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether a fleet is loaded (readiness).
+    pub fn has_fleet(&self) -> bool {
+        self.state().fleet.is_some()
+    }
+
+    /// The state for `/statusz`.
+    pub fn status(&self) -> Status {
+        let s = self.state();
+        Status {
+            fleet_source: s.source,
+            fleet_version: s.running.map(|r| r.version),
+            fleet_epoch: s.running.map(|r| r.epoch),
+            fleet_down: s.fleet_down.clone(),
+            control_plane: self.push.as_ref().map(|p| p.view()),
+        }
+    }
+
+    fn reload(&self, config: EdgeConfig) -> Result<(), StartError> {
+        let mut state = self.state();
+        // A pushed (or persisted) fleet stays; the file's fleet is only a fallback.
+        let fleet = match (state.source, &config.fleet) {
+            (FleetSource::Push | FleetSource::Persisted, _) if config.control_plane.is_some() => state.fleet.clone(),
+            (_, Some(f)) => Some(Arc::new(f.clone())),
+            (_, None) => state.fleet.clone(),
+        };
+        let snapshot = build_snapshot(&config, fleet.as_deref(), &self.crypto, Some(&self.proxy), self.workers)?;
+        if let Some(resolver) = &self.resolver {
+            resolver.reload(&config.tls)?;
+        }
+        self.proxy.swap(snapshot);
+        mark_fleet_down(&self.proxy, &state.fleet_down);
+        let old = &state.config;
+        if config.listeners != old.listeners {
+            tracing::warn!("listener addresses changed in the config; they take effect on restart");
+        }
+        if config.control_plane.is_some() != old.control_plane.is_some() {
+            tracing::warn!("[control_plane] added or removed; it takes effect on restart");
+        }
+        if state.source == FleetSource::File || state.source == FleetSource::None {
+            state.source = if fleet.is_some() {
+                FleetSource::File
+            } else {
+                FleetSource::None
+            };
+        }
+        state.fleet = fleet;
+        state.config = config;
+        Ok(())
+    }
+}
+
+impl FleetSink for Core {
+    fn apply(&self, fleet: &Fleet) -> Result<(), String> {
+        let mut state = self.state();
+        let snapshot = build_snapshot(
+            &state.config,
+            Some(fleet),
+            &self.crypto,
+            Some(&self.proxy),
+            self.workers,
+        )
+        .map_err(|e| e.to_string())?;
+        self.proxy.swap(snapshot);
+        mark_fleet_down(&self.proxy, &state.fleet_down);
+        state.fleet = Some(Arc::new(fleet.clone()));
+        state.source = FleetSource::Push;
+        Ok(())
+    }
+
+    fn fleet_health(&self, down: &[ProviderId]) {
+        let mut state = self.state();
+        state.fleet_down = down.to_vec();
+        mark_fleet_down(&self.proxy, down);
+    }
+
+    fn observations(&self) -> Vec<Observation> {
+        let now = Instant::now();
+        let snapshot = self.proxy.snapshot();
+        snapshot
+            .routing
+            .providers()
+            .iter()
+            .flatten()
+            .map(|p| Observation {
+                provider: p.spec.id.clone(),
+                up: !p.stats.is_ejected(now),
+                rtt_ms: p.stats.estimates().0.map(|s| s * 1e3),
+            })
+            .collect()
+    }
+}
+
+/// Records the fleet's verdict on the running snapshot's providers.
+fn mark_fleet_down(proxy: &Proxy, down: &[ProviderId]) {
+    for p in proxy.snapshot().routing.providers().iter().flatten() {
+        p.stats.set_fleet_down(down.contains(&p.spec.id));
     }
 }
 
@@ -222,7 +424,7 @@ fn bind_all(
 /// drain, then until every connection has closed.
 fn run_worker(
     parts: WorkerParts,
-    proxy: Arc<Proxy>,
+    core: Arc<Core>,
     acceptor: Option<TlsAcceptor>,
     limits: crate::config::Limits,
     permits: Arc<Semaphore>,
@@ -237,6 +439,7 @@ fn run_worker(
             return;
         }
     };
+    let proxy = core.proxy.clone();
     rt.block_on(async move {
         let serve = |socket: std::net::TcpListener, tls: Option<TlsAcceptor>| match TcpListener::from_std(socket) {
             Ok(socket) => {
@@ -256,7 +459,7 @@ fn run_worker(
         if let Some(s) = parts.admin {
             match TcpListener::from_std(s) {
                 Ok(s) => {
-                    tokio::spawn(admin::serve(s, drain.clone()));
+                    tokio::spawn(admin::serve(s, drain.clone(), core.clone()));
                 }
                 Err(e) => tracing::error!(error = %e, "cannot register admin listener"),
             }
@@ -271,6 +474,7 @@ fn run_worker(
 /// carried over from `previous`, so a reload keeps warm connections.
 fn build_snapshot(
     config: &EdgeConfig,
+    fleet: Option<&Fleet>,
     crypto: &Arc<CryptoProvider>,
     previous: Option<&Proxy>,
     workers: usize,
@@ -287,8 +491,25 @@ fn build_snapshot(
                 .cloned()
         })
     };
-    let mut providers = Vec::with_capacity(config.fleet.providers.len());
-    for spec in &config.fleet.providers {
+    let has_fleet = fleet.is_some();
+    let empty;
+    let fleet = match fleet {
+        Some(f) => f,
+        None => {
+            empty = Fleet {
+                groups: Vec::new(),
+                providers: Vec::new(),
+                policy: Policy {
+                    rules: Vec::new(),
+                    unknown_origin: UnknownOrigin::default(),
+                },
+                tenants: Vec::new(),
+            };
+            &empty
+        }
+    };
+    let mut providers = Vec::with_capacity(fleet.providers.len());
+    for spec in &fleet.providers {
         if spec.state == ProviderState::Disabled {
             providers.push(None);
             continue;
@@ -318,8 +539,11 @@ fn build_snapshot(
         Some(path) => Some(open_geoip(path)?),
         None => None,
     };
-    let origin = OriginResolver::new(&config.origin, &config.fleet, &config.forwarding, geoip);
-    let routing = Routing::new(origin, CompiledPolicy::compile(&config.fleet), providers);
+    let origin = OriginResolver::new(&config.origin, fleet, &config.forwarding, geoip);
+    let mut routing = Routing::new(origin, CompiledPolicy::compile(fleet), providers);
+    if !has_fleet {
+        routing = routing.without_fleet();
+    }
     let via = ViaValues::new(&config.forwarding.via);
     Ok(Snapshot {
         routing,

@@ -368,4 +368,4 @@ impl CompiledPolicy {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -7,8 +7,8 @@ use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
-use meridian_cp::api::{ApiHandle, start};
 use meridian_cp::config::{CpConfig, hash_token};
+use meridian_cp::server::{ControlPlane, start};
 use meridian_sim::TestCa;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName};
@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 pub const TOKEN: &str = "dev-token";
 
 pub struct Api {
-    pub handle: ApiHandle,
+    pub handle: ControlPlane,
     pub ca: TestCa,
     pub dir: tempfile::TempDir,
 }
@@ -55,7 +55,7 @@ impl Api {
             .unwrap()
             .with_root_certificates(roots)
             .with_no_client_auth();
-        let tcp = tokio::net::TcpStream::connect(self.handle.addr).await.unwrap();
+        let tcp = tokio::net::TcpStream::connect(self.handle.api.addr).await.unwrap();
         let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
             .connect(ServerName::try_from("localhost").unwrap(), tcp)
             .await

@@ -32,7 +32,7 @@ fn minimal_config_gets_sane_defaults() {
     assert_eq!(c.limits.header_read_timeout.0, Duration::from_secs(10));
     assert_eq!(c.upstream.connect_timeout.0, Duration::from_secs(3));
     assert_eq!(c.forwarding.via, "meridian");
-    assert_eq!(c.fleet.providers[0].id.as_str(), "a");
+    assert_eq!(c.fleet.as_ref().unwrap().providers[0].id.as_str(), "a");
     assert_eq!(c.origin.header, "x-meridian-residency");
     assert!(c.log.access);
 }
