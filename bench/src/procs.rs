@@ -10,10 +10,16 @@ use anyhow::{Context, bail};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-/// A binary built beside the running one (same target directory).
+/// A binary built beside the running one (same target directory; a test binary in
+/// `deps/` looks one level up).
 pub fn sibling_binary(name: &str) -> anyhow::Result<PathBuf> {
     let me = std::env::current_exe().context("locating this executable")?;
-    let path = me.with_file_name(name);
+    let mut path = me.with_file_name(name);
+    if !path.is_file() && me.parent().is_some_and(|d| d.ends_with("deps")) {
+        if let Some(up) = me.parent().and_then(|d| d.parent()) {
+            path = up.join(name);
+        }
+    }
     if !path.is_file() {
         bail!(
             "{} not found beside {}; build the workspace first (cargo build --workspace --bins)",

@@ -33,9 +33,9 @@ const REPORT_REFRESH: u32 = 10;
 
 /// What push changes in the edge.
 pub trait FleetSink: Send + Sync + 'static {
-    /// Makes `fleet` the running one in one swap, or says why not and changes
-    /// nothing.
-    fn apply(&self, fleet: &Fleet) -> Result<(), String>;
+    /// Makes `fleet` (version `running`) the running one in one swap, or says why
+    /// not and changes nothing.
+    fn apply(&self, running: Running, fleet: &Fleet) -> Result<(), String>;
     /// Providers the fleet considers down (replaces the previous list).
     fn fleet_health(&self, down: &[ProviderId]);
     /// This edge's view of every provider.
@@ -332,7 +332,7 @@ fn handle(
             format!("invalid fleet: fleet.{}: {}", e.path, e.message),
         ));
     }
-    if let Err(reason) = sink.apply(&fleet) {
+    if let Err(reason) = sink.apply(running, &fleet) {
         return Some(nack(status, version, reason));
     }
     let fleet = Arc::new(fleet);

@@ -362,7 +362,7 @@ impl Core {
 }
 
 impl FleetSink for Core {
-    fn apply(&self, fleet: &Fleet) -> Result<(), String> {
+    fn apply(&self, running: Running, fleet: &Fleet) -> Result<(), String> {
         let mut state = self.state();
         let snapshot = build_snapshot(
             &state.config,
@@ -376,6 +376,7 @@ impl FleetSink for Core {
         mark_fleet_down(&self.proxy, &state.fleet_down);
         state.fleet = Some(Arc::new(fleet.clone()));
         state.source = FleetSource::Push;
+        state.running = Some(running);
         Ok(())
     }
 

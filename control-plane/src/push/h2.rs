@@ -66,8 +66,8 @@ pub(super) async fn start(
                 });
                 let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                     .timer(TokioTimer::new())
-                    .keep_alive_interval(Some(Duration::from_secs(5)))
-                    .keep_alive_timeout(Duration::from_secs(10))
+                    .keep_alive_interval(Some(Duration::from_secs(2)))
+                    .keep_alive_timeout(Duration::from_secs(4))
                     .serve_connection(TokioIo::new(stream), svc)
                     .await;
             });

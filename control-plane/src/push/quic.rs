@@ -12,8 +12,8 @@ use super::PushError;
 use super::hub::Hub;
 use super::session::{self, Peer};
 
-/// Idle timeout; edges send keep-alives well within it.
-const IDLE: Duration = Duration::from_secs(10);
+/// Idle timeout; edges send keep-alives every 2 s.
+const IDLE: Duration = Duration::from_secs(6);
 
 pub(super) fn start(
     addr: SocketAddr,
@@ -59,7 +59,7 @@ pub(super) fn start(
                     conn.close(1u32.into(), b"client certificate required");
                     return;
                 };
-                let Ok((send, recv)) = conn.accept_bi().await else {
+                let Ok((mut send, recv)) = conn.accept_bi().await else {
                     return;
                 };
                 let peer = Peer {
@@ -67,9 +67,12 @@ pub(super) fn start(
                     transport: "quic",
                     cert,
                 };
-                if let Err(e) = session::serve(hub, recv, send, peer).await {
+                if let Err(e) = session::serve(hub, recv, &mut send, peer).await {
                     tracing::debug!(%addr, error = %e, "subscription ended");
                 }
+                // Let the last frame (a refusal, say) reach the edge before closing.
+                let _ = send.finish();
+                let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
                 conn.close(0u32.into(), b"");
             });
         }

@@ -28,9 +28,11 @@ pub async fn api() -> Api {
     let leaf = ca.issue(&["localhost"]).unwrap();
     std::fs::write(dir.path().join("admin.crt"), &leaf.cert_pem).unwrap();
     std::fs::write(dir.path().join("admin.key"), &leaf.key_pem).unwrap();
+    std::fs::write(dir.path().join("ca.crt"), &ca.cert_pem).unwrap();
     let toml = format!(
         "data_dir = \"data\"\n[admin]\nlisten = \"127.0.0.1:0\"\ncert = \"admin.crt\"\nkey = \"admin.key\"\n\
-         [[admin.tokens]]\nname = \"dev\"\nsha256 = \"{}\"\n",
+         [[admin.tokens]]\nname = \"dev\"\nsha256 = \"{}\"\n\
+         [push]\nlisten = \"127.0.0.1:0\"\ncert = \"admin.crt\"\nkey = \"admin.key\"\nclient_ca = \"ca.crt\"\n",
         hash_token(TOKEN)
     );
     let cfg = CpConfig::parse(&toml, "cp.toml", dir.path()).unwrap();

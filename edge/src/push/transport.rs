@@ -24,9 +24,10 @@ use crate::config::{ControlPlaneConfig, PushTransport};
 
 /// Bytes buffered between the session and the HTTP/2 request body.
 const PIPE: usize = 64 << 10;
-/// Keep-alive period on either transport; the control plane drops an edge that is
-/// silent for 10 s.
-const KEEPALIVE: Duration = Duration::from_secs(3);
+/// Keep-alive period on either transport.
+const KEEPALIVE: Duration = Duration::from_secs(2);
+/// A control plane silent this long is gone (killed, or the path broke).
+const IDLE: Duration = Duration::from_secs(6);
 
 /// The control plane could not be reached.
 #[derive(Debug, thiserror::Error)]
@@ -114,7 +115,7 @@ impl Connector {
         let mut transport = quinn::TransportConfig::default();
         transport
             .keep_alive_interval(Some(KEEPALIVE))
-            .max_idle_timeout(Duration::from_secs(10).try_into().ok())
+            .max_idle_timeout(IDLE.try_into().ok())
             .max_concurrent_bidi_streams(0u32.into())
             .max_concurrent_uni_streams(0u32.into());
         quic.transport_config(Arc::new(transport));
@@ -224,7 +225,7 @@ impl Connector {
         let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .keep_alive_interval(KEEPALIVE)
-            .keep_alive_timeout(Duration::from_secs(10))
+            .keep_alive_timeout(IDLE - KEEPALIVE)
             .keep_alive_while_idle(true)
             .handshake(TokioIo::new(tls))
             .await

@@ -64,6 +64,25 @@ async fn cost_weighs_rtt_against_bandwidth_by_size_and_load() {
     assert!(near.cost(1024, now).unwrap() > 1.5 * before, "in-flight load costs");
 }
 
+#[tokio::test(start_paused = true)]
+async fn fleet_verdict_excludes_but_never_overrides_local_failure() {
+    let now = Instant::now();
+    let p = ProviderStats::default();
+    assert!(p.cost(0, now).is_some());
+    p.set_fleet_down(true);
+    assert!(p.cost(0, now).is_none(), "down for the fleet: not used");
+    p.set_fleet_down(false);
+    assert!(p.cost(0, now).is_some());
+    for _ in 0..EJECT_AFTER {
+        p.observe_failure(now);
+    }
+    p.set_fleet_down(false);
+    assert!(
+        p.cost(0, now).is_none(),
+        "the fleet thinks it is up; this edge saw it fail"
+    );
+}
+
 #[test]
 fn choose_picks_among_near_best_only() {
     let cands = [(0, Some(1.0)), (1, Some(1.1)), (2, Some(5.0)), (3, None)];
