@@ -8,3 +8,4 @@ pub mod compare;
 pub mod dev;
 pub mod load;
 pub mod procs;
+pub mod push_scale;

@@ -68,6 +68,19 @@ enum Cmd {
         #[arg(long, default_value_t = 32)]
         connections: usize,
     },
+    /// Subscribe many lightweight edge clients to one real control plane and time
+    /// API change -> ACK, and control-plane memory per edge. Build with --release.
+    PushScale {
+        /// Edge clients (all in this process, one shared QUIC endpoint).
+        #[arg(long, default_value_t = 1000)]
+        edges: usize,
+        /// API changes to time.
+        #[arg(long, default_value_t = 20)]
+        changes: usize,
+        /// Use the HTTP/2 transport instead of QUIC.
+        #[arg(long)]
+        h2: bool,
+    },
     /// Run one simulated provider (an S3-style object store) until killed.
     Upstream {
         /// Listening address.
@@ -97,6 +110,21 @@ fn main() -> ExitCode {
     let result = rt.block_on(async {
         match cli.command {
             Cmd::Dev { dir, disk } => dev::run(dev::DevOptions { dir, disk }).await,
+            Cmd::PushScale { edges, changes, h2 } => {
+                let transport = if h2 {
+                    meridian_edge::config::PushTransport::H2
+                } else {
+                    meridian_edge::config::PushTransport::Quic
+                };
+                let report = meridian_bench::push_scale::run(meridian_bench::push_scale::ScaleOptions {
+                    edges,
+                    changes,
+                    transport,
+                })
+                .await?;
+                println!("{report}");
+                Ok(())
+            }
             Cmd::Compare {
                 duration,
                 rate_small,

@@ -552,3 +552,16 @@ async fn a_provider_down_at_a_quorum_of_edges_is_down_for_the_whole_fleet() {
         assert_eq!(served_by(quiet.http).await.as_deref(), Some("p-fr"));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scale_benchmark_runs_and_every_edge_acks_every_change() {
+    let report = meridian_bench::push_scale::run(meridian_bench::push_scale::ScaleOptions {
+        edges: 20,
+        changes: 2,
+        transport: meridian_edge::config::PushTransport::Quic,
+    })
+    .await
+    .unwrap();
+    assert!(report.contains("| edges subscribed (Quic) | 20 "), "{report}");
+    assert!(report.contains("| API changes timed | 2 |"), "{report}");
+}

@@ -15,6 +15,28 @@ use super::session::{self, Peer};
 /// Idle timeout; edges send keep-alives every 2 s.
 const IDLE: Duration = Duration::from_secs(6);
 
+/// Socket buffers of the QUIC socket. Every edge shares it: after a control-plane
+/// restart a thousand edges reconnect at once, and the kernel's default (~200 KiB)
+/// drops most of their handshakes, each costing a retransmission timeout. The kernel
+/// caps the request at `net.core.rmem_max` / `wmem_max`.
+const SOCKET_BUFFER: usize = 4 << 20;
+
+fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    if let Err(e) = socket
+        .set_recv_buffer_size(SOCKET_BUFFER)
+        .and_then(|()| socket.set_send_buffer_size(SOCKET_BUFFER))
+    {
+        tracing::warn!(error = %e, "cannot enlarge the QUIC socket buffers");
+    }
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
 pub(super) fn start(
     addr: SocketAddr,
     tls: rustls::ServerConfig,
@@ -33,11 +55,19 @@ pub(super) fn start(
         .receive_window((512u32 << 10).into())
         .send_window(1 << 20);
     config.transport_config(Arc::new(transport));
-    let endpoint = quinn::Endpoint::server(config, addr).map_err(|source| PushError::Bind {
+    let bind = |source| PushError::Bind {
         what: "quic",
         addr,
         source,
-    })?;
+    };
+    let socket = udp_socket(addr).map_err(bind)?;
+    let endpoint = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(config),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .map_err(bind)?;
     let accept = endpoint.clone();
     let task = tokio::spawn(async move {
         while let Some(incoming) = accept.accept().await {
