@@ -144,8 +144,25 @@ fn dev_deployment_serves_on_the_documented_addresses_and_stops_on_ctrl_c() {
     ]);
     assert!(tls.starts_with("HTTP/2 200"), "{tls}");
 
-    // The control plane holds the same fleet behind its authenticated API.
+    // The edge's fleet came by push from the control plane, which knows the edge
+    // runs its version.
+    let status = curl(&["http://127.0.0.1:9901/statusz"]);
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["fleet_source"], "push", "{status}");
+    assert_eq!(status["control_plane"]["transport"], "quic", "{status}");
     let ca_s = ca.to_str().unwrap();
+    let edges = curl(&[
+        "--cacert",
+        ca_s,
+        "-H",
+        "Authorization: Bearer dev-token",
+        "https://127.0.0.1:7070/v1/edges",
+    ]);
+    let edges: serde_json::Value = serde_json::from_str(&edges).unwrap();
+    assert_eq!(edges["edges"][0]["edge_id"], "edge-1.dev.local", "{edges}");
+    assert_eq!(edges["edges"][0]["acked"], status["fleet_version"], "{edges}");
+
+    // The control plane holds the same fleet behind its authenticated API.
     let dry = curl(&[
         "--cacert",
         ca_s,

@@ -14,8 +14,9 @@
 //! | `PUT /v1/providers/{id}`, `DELETE /v1/providers/{id}` | write one |
 //! | `POST /v1/providers/{id}/drain`, `/undrain` | stop / resume new requests to it |
 //! | `GET`/`PUT /v1/policy` | the residency policy |
-//! | `GET /v1/groups`, `PUT`/`DELETE /v1/groups/{name}` | jurisdiction groups |
-//! | `GET /v1/tenants`, `PUT`/`DELETE /v1/tenants/{id}` | tenants |
+//! | `GET /v1/groups`, `GET`/`PUT`/`DELETE /v1/groups/{name}` | jurisdiction groups |
+//! | `GET /v1/jurisdictions` | jurisdictions in use, with their groups, providers, tenants |
+//! | `GET /v1/tenants`, `GET`/`PUT`/`DELETE /v1/tenants/{id}` | tenants |
 //! | `POST /v1/dry-run` `{"origin":"CN","edge":"e1"}` | which providers the policy allows, and which that edge would choose |
 //! | `GET /v1/edges`, `GET /v1/edges/{id}` | edges, the version each runs, ACK/NACK, fleet health |
 //! | `GET /v1/openapi.json` | the OpenAPI 3 description |
@@ -178,6 +179,33 @@ fn store_error(e: StoreError) -> Response<Full<Bytes>> {
     }
 }
 
+/// Jurisdictions are the assigned ISO 3166-1 codes, not records of their own: the
+/// ones the fleet uses, each with its groups, providers and tenants. Groups are
+/// where operators name sets of them.
+fn jurisdictions(f: &Fleet) -> Value {
+    let mut used: Vec<Jurisdiction> = f
+        .providers
+        .iter()
+        .map(|p| p.jurisdiction)
+        .chain(f.tenants.iter().map(|t| t.home))
+        .chain(f.groups.iter().flat_map(|g| g.members.iter().copied()))
+        .collect();
+    used.sort();
+    used.dedup();
+    Value::Array(
+        used.into_iter()
+            .map(|j| {
+                json!({
+                    "code": j.as_str(),
+                    "groups": f.groups.iter().filter(|g| g.members.contains(&j)).map(|g| g.name.as_str()).collect::<Vec<_>>(),
+                    "providers": f.providers.iter().filter(|p| p.jurisdiction == j).map(|p| p.id.as_str()).collect::<Vec<_>>(),
+                    "tenants": f.tenants.iter().filter(|t| t.home == j).map(|t| t.id.as_str()).collect::<Vec<_>>(),
+                })
+            })
+            .collect(),
+    )
+}
+
 fn upsert<T>(items: &mut Vec<T>, item: T, same: impl Fn(&T, &T) -> bool) {
     match items.iter_mut().find(|x| same(x, &item)) {
         Some(x) => *x = item,
@@ -204,9 +232,10 @@ fn openapi() -> Value {
             "/v1/providers/{id}/drain": { "post": op("Stop sending new requests to a provider") },
             "/v1/providers/{id}/undrain": { "post": op("Resume a drained provider") },
             "/v1/groups": { "get": op("Jurisdiction groups") },
-            "/v1/groups/{name}": { "put": op("Create or replace a group"), "delete": op("Remove a group") },
+            "/v1/groups/{name}": { "get": op("One group"), "put": op("Create or replace a group"), "delete": op("Remove a group") },
+            "/v1/jurisdictions": { "get": op("Jurisdictions the fleet uses (ISO 3166-1), with their groups, providers and tenants") },
             "/v1/tenants": { "get": op("Tenants") },
-            "/v1/tenants/{id}": { "put": op("Create or replace a tenant"), "delete": op("Remove a tenant") },
+            "/v1/tenants/{id}": { "get": op("One tenant"), "put": op("Create or replace a tenant"), "delete": op("Remove a tenant") },
             "/v1/dry-run": { "post": op("Which providers the policy allows for {\"origin\": \"CN\", \"edge\": \"edge-1\"}, and which that edge would choose") },
             "/v1/edges": { "get": op("Edges: the version each runs, its last ACK or NACK, connection state, and the providers down for the fleet") },
             "/v1/edges/{id}": { "get": op("One edge, with its view of the providers") },
@@ -341,6 +370,11 @@ impl Api {
                 Err(e) => error(StatusCode::BAD_REQUEST, "bad_json", e.to_string()),
             },
             (&Method::GET, ["v1", "groups"]) => self.read(|f| json!(f.groups)),
+            (&Method::GET, ["v1", "groups", name]) => self.read(|f| match f.groups.iter().find(|g| g.name == *name) {
+                Some(g) => json!(g),
+                None => Value::Null,
+            }),
+            (&Method::GET, ["v1", "jurisdictions"]) => self.read(jurisdictions),
             (&Method::PUT, ["v1", "groups", name]) => match serde_json::from_slice::<Group>(&body) {
                 Ok(g) if g.name != *name => {
                     error(StatusCode::BAD_REQUEST, "name_mismatch", "body name differs from path")
@@ -356,6 +390,10 @@ impl Api {
                 self.modify(move |f| f.groups.retain(|g| g.name != name)).await
             }
             (&Method::GET, ["v1", "tenants"]) => self.read(|f| json!(f.tenants)),
+            (&Method::GET, ["v1", "tenants", id]) => self.read(|f| match f.tenants.iter().find(|t| t.id == *id) {
+                Some(t) => json!(t),
+                None => Value::Null,
+            }),
             (&Method::PUT, ["v1", "tenants", id]) => match serde_json::from_slice::<Tenant>(&body) {
                 Ok(t) if t.id != *id => error(StatusCode::BAD_REQUEST, "id_mismatch", "body id differs from path"),
                 Ok(t) => {

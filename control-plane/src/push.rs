@@ -60,8 +60,37 @@ impl Drop for PushHandle {
     }
 }
 
-/// Binds the configured transports and serves subscriptions from `hub`.
+/// Binds the configured transports and serves subscriptions from `hub`. Both use
+/// the same port number, so an edge needs one address for either.
 pub async fn start(cfg: &PushConfig, hub: Arc<Hub>) -> Result<PushHandle, PushError> {
+    // With port 0 (tests), QUIC picks a port and HTTP/2 must get the same number on
+    // TCP, which something else may hold: pick again a few times.
+    let attempts = if cfg.listen.port() == 0 && cfg.quic && cfg.h2 {
+        20
+    } else {
+        1
+    };
+    let mut last = None;
+    for _ in 0..attempts {
+        match start_once(cfg, hub.clone()).await {
+            Err(PushError::Bind {
+                what: "h2",
+                addr,
+                source,
+            }) if source.kind() == std::io::ErrorKind::AddrInUse => {
+                last = Some(PushError::Bind {
+                    what: "h2",
+                    addr,
+                    source,
+                });
+            }
+            other => return other,
+        }
+    }
+    Err(last.unwrap_or_else(|| PushError::Tls("no attempt made".into())))
+}
+
+async fn start_once(cfg: &PushConfig, hub: Arc<Hub>) -> Result<PushHandle, PushError> {
     let mut handle = PushHandle {
         quic_addr: None,
         h2_addr: None,
@@ -77,12 +106,11 @@ pub async fn start(cfg: &PushConfig, hub: Arc<Hub>) -> Result<PushHandle, PushEr
     }
     if cfg.h2 {
         let tls = server_tls(cfg, &[b"h2"])?;
-        // The same port number as QUIC unless that was 0 (tests): then whatever
-        // QUIC got, so an edge needs one address for both.
         let addr = match (cfg.listen.port(), handle.quic_addr) {
             (0, Some(q)) => q,
             _ => cfg.listen,
         };
+        // On error `handle` drops, closing the QUIC endpoint too.
         let (bound, task) = h2::start(addr, tls, hub).await?;
         handle.h2_addr = Some(bound);
         handle.tasks.push(task);

@@ -129,6 +129,36 @@ async fn groups_tenants_and_policy_have_their_own_endpoints() {
         .call(Method::POST, "/v1/dry-run", t, Some(json!({ "origin": "NO" })))
         .await;
     assert_eq!(doc["rule"], "eu-in-eu");
+
+    let (_, doc) = api.call(Method::GET, "/v1/groups/EEA", t, None).await;
+    assert_eq!(doc["data"]["members"], json!(["DE", "FR", "NO"]));
+    let (_, doc) = api.call(Method::GET, "/v1/tenants/acme", t, None).await;
+    assert_eq!(doc["data"]["home"], "DE");
+    let (status, _) = api.call(Method::GET, "/v1/tenants/nobody", t, None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (_, doc) = api.call(Method::GET, "/v1/jurisdictions", t, None).await;
+    let de = doc["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["code"] == "DE")
+        .unwrap();
+    assert_eq!(de["groups"], json!(["EU", "EEA"]));
+    assert_eq!(de["providers"], json!(["de-1"]));
+    assert_eq!(de["tenants"], json!(["acme"]));
+    // A dry run for an edge nobody has heard of is an error, not a guess.
+    let (status, doc) = api
+        .call(
+            Method::POST,
+            "/v1/dry-run",
+            t,
+            Some(json!({ "origin": "DE", "edge": "ghost.test" })),
+        )
+        .await;
+    assert_eq!(
+        (status, doc["error"].as_str()),
+        (StatusCode::NOT_FOUND, Some("unknown_edge"))
+    );
 }
 
 #[tokio::test]
@@ -145,6 +175,9 @@ async fn the_openapi_document_describes_every_route() {
         "/v1/tenants/{id}",
         "/v1/dry-run",
         "/v1/policy",
+        "/v1/edges",
+        "/v1/edges/{id}",
+        "/v1/jurisdictions",
     ] {
         assert!(paths.contains_key(p), "{p} missing");
     }

@@ -16,8 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use meridian_proto::wire::{
-    CpMessage, EdgeMessage, FrameError, Hello, Observation, Running, WIRE_VERSION, decode, encode, read_frame,
-    write_frame,
+    CpMessage, EdgeMessage, FrameError, Hello, Observation, Running, decode, encode, read_frame, write_frame,
 };
 use meridian_proto::{Fleet, ProviderId};
 use serde::Serialize;
@@ -365,11 +364,6 @@ fn nack(status: &PushStatus, version: u64, reason: String) -> EdgeMessage {
     tracing::warn!(version, reason = %reason, "refused fleet version from the control plane");
     status.update(|s| s.nacks += 1);
     EdgeMessage::Nack { version, reason }
-}
-
-/// This build's newest wire version, for [`Settings::wire`].
-pub const fn wire_version() -> u16 {
-    WIRE_VERSION
 }
 
 #[cfg(test)]
