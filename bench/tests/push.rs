@@ -121,8 +121,7 @@ impl Cluster {
             edges: Vec::new(),
         };
         c.start_cp().await;
-        c.api(http::Method::PUT, "/v1/fleet", Some(c.fleet(&["DE"], "draining")))
-            .await;
+        c.put_fleet(&["DE"], "draining").await;
         for i in 0..opts.edges {
             let id = format!("edge-{i}.test");
             let client = c.ca.issue(&[&id]).unwrap();
@@ -197,6 +196,24 @@ impl Cluster {
             ],
             "policy": { "rules": [ { "name": "all", "origin": "*", "allow": allow } ] },
         })
+    }
+
+    /// Three edges over QUIC, no probes.
+    async fn three() -> Cluster {
+        Cluster::start(Opts {
+            edges: 3,
+            quic: true,
+            probing: 0,
+        })
+        .await
+    }
+
+    /// Replaces the fleet (see [`Cluster::fleet`]); returns the new version.
+    async fn put_fleet(&self, allow: &[&str], fr_state: &str) -> u64 {
+        let answer = self
+            .api(http::Method::PUT, "/v1/fleet", Some(self.fleet(allow, fr_state)))
+            .await;
+        answer["version"].as_u64().unwrap()
     }
 
     async fn api(&self, method: http::Method, path: &str, body: Option<Value>) -> Value {
@@ -284,18 +301,9 @@ async fn all_served_by(c: &Cluster, provider: &str, limit: Duration) -> Duration
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_policy_change_reaches_three_edges_and_changes_routing_within_a_second() {
-    let c = Cluster::start(Opts {
-        edges: 3,
-        quic: true,
-        probing: 0,
-    })
-    .await;
+    let c = Cluster::three().await;
     all_served_by(&c, "p-de", Duration::from_secs(5)).await;
-    let v = c
-        .api(http::Method::PUT, "/v1/fleet", Some(c.fleet(&["FR"], "active")))
-        .await["version"]
-        .as_u64()
-        .unwrap();
+    let v = c.put_fleet(&["FR"], "active").await;
     let took = all_served_by(&c, "p-fr", Duration::from_secs(5)).await;
     assert!(
         took < Duration::from_secs(1),
@@ -335,12 +343,7 @@ async fn a_policy_change_reaches_three_edges_and_changes_routing_within_a_second
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn edges_keep_serving_without_the_control_plane_and_resync_when_it_returns() {
-    let mut c = Cluster::start(Opts {
-        edges: 3,
-        quic: true,
-        probing: 0,
-    })
-    .await;
+    let mut c = Cluster::three().await;
     all_served_by(&c, "p-de", Duration::from_secs(5)).await;
     c.kill_cp();
     for _ in 0..3 {
@@ -361,8 +364,7 @@ async fn edges_keep_serving_without_the_control_plane_and_resync_when_it_returns
         assert_eq!(served_by(e.http).await.as_deref(), Some("p-de"));
     }
     c.start_cp().await;
-    c.api(http::Method::PUT, "/v1/fleet", Some(c.fleet(&["FR"], "active")))
-        .await;
+    c.put_fleet(&["FR"], "active").await;
     all_served_by(&c, "p-fr", Duration::from_secs(10)).await;
     let s = c.edges_status().await;
     assert!(s["edges"].as_array().unwrap().iter().all(|e| e["connected"] == true));
@@ -370,12 +372,7 @@ async fn edges_keep_serving_without_the_control_plane_and_resync_when_it_returns
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_version_an_edge_refuses_is_nacked_and_the_previous_one_keeps_serving() {
-    let c = Cluster::start(Opts {
-        edges: 3,
-        quic: true,
-        probing: 0,
-    })
-    .await;
+    let c = Cluster::three().await;
     all_served_by(&c, "p-de", Duration::from_secs(5)).await;
     // Valid for the control plane; the edges cannot build a TLS client for a server
     // name that is not a DNS name, so they refuse the whole version.
@@ -409,11 +406,7 @@ async fn a_version_an_edge_refuses_is_nacked_and_the_previous_one_keeps_serving(
         );
     }
     // The next good version is taken, and clears the NACK.
-    let v2 = c
-        .api(http::Method::PUT, "/v1/fleet", Some(c.fleet(&["FR"], "active")))
-        .await["version"]
-        .as_u64()
-        .unwrap();
+    let v2 = c.put_fleet(&["FR"], "active").await;
     all_served_by(&c, "p-fr", Duration::from_secs(5)).await;
     poll(Duration::from_secs(5), "ACKs of the good version", || async {
         let s = c.edges_status().await;
@@ -435,11 +428,7 @@ async fn an_edge_restarted_while_the_control_plane_is_down_serves_its_persisted_
         probing: 0,
     })
     .await;
-    let v = c
-        .api(http::Method::PUT, "/v1/fleet", Some(c.fleet(&["FR"], "active")))
-        .await["version"]
-        .as_u64()
-        .unwrap();
+    let v = c.put_fleet(&["FR"], "active").await;
     all_served_by(&c, "p-fr", Duration::from_secs(5)).await;
     c.kill_cp();
     let mut e = c.edges.pop().unwrap();
@@ -457,15 +446,9 @@ async fn an_edge_restarted_while_the_control_plane_is_down_serves_its_persisted_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drained_provider_gets_no_new_requests_within_a_second_and_in_flight_ones_finish() {
-    let c = Cluster::start(Opts {
-        edges: 3,
-        quic: true,
-        probing: 0,
-    })
-    .await;
+    let c = Cluster::three().await;
     // Both allowed; p-fr starts drained, so p-de takes everything.
-    c.api(http::Method::PUT, "/v1/fleet", Some(c.fleet(&["DE", "FR"], "draining")))
-        .await;
+    c.put_fleet(&["DE", "FR"], "draining").await;
     all_served_by(&c, "p-de", Duration::from_secs(5)).await;
     // A slow request in flight on p-de while it is drained.
     c.providers[0].set_head_delay(Duration::from_millis(1500));
@@ -506,8 +489,7 @@ async fn without_quic_edges_fall_back_to_http2_by_themselves() {
     .await;
     let s = c.edges_status().await;
     assert_eq!(s["edges"][0]["transport"], "h2");
-    c.api(http::Method::PUT, "/v1/fleet", Some(c.fleet(&["FR"], "active")))
-        .await;
+    c.put_fleet(&["FR"], "active").await;
     all_served_by(&c, "p-fr", Duration::from_secs(5)).await;
     let s = admin_json(c.edges[0].admin, "/statusz").await;
     assert_eq!(s["control_plane"]["transport"], "h2");
@@ -522,8 +504,7 @@ async fn a_provider_down_at_a_quorum_of_edges_is_down_for_the_whole_fleet() {
         probing: 2,
     })
     .await;
-    c.api(http::Method::PUT, "/v1/fleet", Some(c.fleet(&["DE", "FR"], "active")))
-        .await;
+    c.put_fleet(&["DE", "FR"], "active").await;
     let dead = c.providers.remove(0);
     drop(dead);
     let s = poll(Duration::from_secs(10), "p-de down for the fleet", || async {
