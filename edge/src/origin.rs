@@ -89,6 +89,11 @@ pub fn open_geoip(path: &std::path::Path) -> Result<Arc<maxminddb::Reader<Vec<u8
 }
 
 impl OriginResolver {
+    /// The opened GeoIP database, for a snapshot that keeps it.
+    pub fn geoip(&self) -> Option<Arc<maxminddb::Reader<Vec<u8>>>> {
+        self.geoip.clone()
+    }
+
     /// Builds the chain from checked config; `geoip` is the opened `origin.geoip_db`.
     pub fn new(
         cfg: &OriginConfig,

@@ -157,7 +157,7 @@ impl Edge {
             (None, Some(f)) => (Some(Arc::new(f.clone())), FleetSource::File, None),
             (None, None) => (None, FleetSource::None, None),
         };
-        let snapshot = build_snapshot(&config, fleet.as_deref(), &crypto, None, workers)?;
+        let snapshot = build_snapshot(&config, fleet.as_deref(), &crypto, None, workers, false)?;
         let proxy = Proxy::new(snapshot);
         let (drain, drain_rx) = watch::channel(false);
         let max_connections = config.limits.max_connections;
@@ -335,7 +335,14 @@ impl Core {
             (_, Some(f)) => Some(Arc::new(f.clone())),
             (_, None) => state.fleet.clone(),
         };
-        let snapshot = build_snapshot(&config, fleet.as_deref(), &self.crypto, Some(&self.proxy), self.workers)?;
+        let snapshot = build_snapshot(
+            &config,
+            fleet.as_deref(),
+            &self.crypto,
+            Some(&self.proxy),
+            self.workers,
+            false,
+        )?;
         if let Some(resolver) = &self.resolver {
             resolver.reload(&config.tls)?;
         }
@@ -370,6 +377,7 @@ impl FleetSink for Core {
             &self.crypto,
             Some(&self.proxy),
             self.workers,
+            true,
         )
         .map_err(|e| e.to_string())?;
         self.proxy.swap(snapshot);
@@ -479,6 +487,7 @@ fn build_snapshot(
     crypto: &Arc<CryptoProvider>,
     previous: Option<&Proxy>,
     workers: usize,
+    reuse_geoip: bool,
 ) -> Result<Snapshot, StartError> {
     let roots = tls::upstream_roots(config.upstream.ca_file.as_deref())?;
     let old = previous.map(|p| p.snapshot());
@@ -536,9 +545,11 @@ fn build_snapshot(
             stats,
         })));
     }
-    let geoip = match &config.origin.geoip_db {
-        Some(path) => Some(open_geoip(path)?),
-        None => None,
+    let geoip = match (&config.origin.geoip_db, &old) {
+        // A pushed fleet changes nothing about the database: keep the one open.
+        (Some(_), Some(old)) if reuse_geoip => old.routing.origin().geoip(),
+        (Some(path), _) => Some(open_geoip(path)?),
+        (None, _) => None,
     };
     let origin = OriginResolver::new(&config.origin, fleet, &config.forwarding, geoip);
     let mut routing = Routing::new(origin, CompiledPolicy::compile(fleet), providers);

@@ -222,16 +222,28 @@ impl Hub {
         }
     }
 
-    /// Records an edge's view of the providers and re-judges fleet health.
+    /// Records an edge's view of the providers and re-judges fleet health when the
+    /// edge's up/down view changed (most reports only refresh round-trip times).
     pub fn observed(&self, edge_id: &str, session: u64, observations: Vec<Observation>) {
-        {
+        let changed = {
             let mut edges = self.edges();
-            if let Some(r) = edges.get_mut(edge_id).filter(|r| r.session == session) {
-                r.last_seen = now();
-                r.observations = observations;
+            match edges.get_mut(edge_id).filter(|r| r.session == session) {
+                Some(r) => {
+                    r.last_seen = now();
+                    let same = r.observations.len() == observations.len()
+                        && r.observations
+                            .iter()
+                            .zip(&observations)
+                            .all(|(a, b)| a.provider == b.provider && a.up == b.up);
+                    r.observations = observations;
+                    !same
+                }
+                None => false,
             }
+        };
+        if changed {
+            self.judge();
         }
-        self.judge();
     }
 
     /// Records the end of a subscription (unless a newer one replaced it).

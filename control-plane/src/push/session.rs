@@ -22,6 +22,9 @@ use super::hub::Hub;
 
 /// How long an edge has to say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an edge has to answer a version; a silent one is dropped and will
+/// subscribe again.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Who is on the other end, as the transport established it.
 pub(crate) struct Peer {
@@ -42,6 +45,8 @@ pub(crate) enum SessionError {
     NotHello(&'static str),
     #[error("refused: {0}")]
     Refused(String),
+    #[error("version {0} unanswered for {ANSWER_TIMEOUT:?}")]
+    NoAnswer(u64),
 }
 
 /// Serves one subscription until either side ends it.
@@ -119,6 +124,7 @@ where
             write_frame(&mut tx, &frame).await?;
         }
         let mut in_flight: Option<u64> = None;
+        let mut answer_by = tokio::time::Instant::now();
         let mut refused: Option<u64> = None;
         loop {
             if in_flight.is_none() {
@@ -130,6 +136,7 @@ where
                     };
                     write_frame(&mut tx, frame).await?;
                     in_flight = Some(p.version);
+                    answer_by = tokio::time::Instant::now() + ANSWER_TIMEOUT;
                 }
             }
             tokio::select! {
@@ -144,6 +151,9 @@ where
                     }
                     let frame = health.borrow_and_update().frame.clone();
                     write_frame(&mut tx, &frame).await?;
+                }
+                _ = tokio::time::sleep_until(answer_by), if in_flight.is_some() => {
+                    return Err(SessionError::NoAnswer(in_flight.unwrap_or_default()));
                 }
                 answer = answers.recv() => match answer {
                     Some((version, true)) => {
