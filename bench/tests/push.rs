@@ -460,10 +460,27 @@ async fn a_drained_provider_gets_no_new_requests_within_a_second_and_in_flight_o
     .await;
     c.api(http::Method::POST, "/v1/providers/p-fr/undrain", None).await;
     let started = Instant::now();
-    c.api(http::Method::POST, "/v1/providers/p-de/drain", None).await;
+    let v = c.api(http::Method::POST, "/v1/providers/p-de/drain", None).await["version"]
+        .as_u64()
+        .unwrap();
     c.providers[0].set_head_delay(Duration::ZERO);
-    let took = all_served_by(&c, "p-fr", Duration::from_secs(5)).await;
-    assert!(started.elapsed() < Duration::from_secs(1), "drain took {took:?}");
+    // Between the undrain and the drain both were usable: an edge serving from p-fr
+    // proves nothing yet. Every edge having applied the drain does.
+    poll(Duration::from_secs(5), "every edge to apply the drain", || async {
+        let s = c.edges_status().await;
+        s["edges"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["acked"].as_u64() >= Some(v))
+            .then_some(())
+    })
+    .await;
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(1),
+        "the drain reached every edge after {took:?}"
+    );
     let before = c.providers[0].requests();
     for _ in 0..5 {
         for e in &c.edges {
