@@ -81,7 +81,10 @@ enum Cmd {
         #[arg(long)]
         h2: bool,
     },
-    /// Run one simulated provider (an S3-style object store) until killed.
+    /// Run one simulated provider (an S3-style object store) until killed. Its
+    /// impairments can be changed while it runs: `PUT /_sim/impair` with a JSON body
+    /// such as {"latency_ms": 50, "bandwidth_bps": 1000000, "error_rate": 0.1,
+    /// "stall_rate": 0.01}.
     Upstream {
         /// Listening address.
         #[arg(long)]
@@ -89,6 +92,21 @@ enum Cmd {
         /// Keep objects in this directory instead of memory.
         #[arg(long)]
         dir: Option<PathBuf>,
+        /// Name reported in `x-sim-provider`.
+        #[arg(long, default_value = "upstream")]
+        name: String,
+        /// Milliseconds added before every response head.
+        #[arg(long, default_value_t = 0)]
+        latency_ms: u64,
+        /// Response-body bytes per second over all responses (0: unlimited).
+        #[arg(long, default_value_t = 0)]
+        bandwidth_bps: u64,
+        /// Fraction of requests answered 503.
+        #[arg(long, default_value_t = 0.0)]
+        error_rate: f64,
+        /// Fraction of response bodies that stop halfway.
+        #[arg(long, default_value_t = 0.0)]
+        stall_rate: f64,
     },
 }
 
@@ -170,16 +188,32 @@ fn main() -> ExitCode {
                 );
                 Ok(())
             }
-            Cmd::Upstream { addr, dir } => {
+            Cmd::Upstream {
+                addr,
+                dir,
+                name,
+                latency_ms,
+                bandwidth_bps,
+                error_rate,
+                stall_rate,
+            } => {
+                let impairments = meridian_sim::Impairments {
+                    latency_ms,
+                    bandwidth_bps,
+                    error_rate,
+                    stall_rate,
+                };
+                impairments.check().map_err(anyhow::Error::msg)?;
                 let storage = dir.map_or(Storage::Memory, Storage::Disk);
-                let _p = SimProvider::start(SimConfig {
-                    name: "upstream".into(),
+                let p = SimProvider::start(SimConfig {
+                    name,
                     addr,
                     storage,
                     tls: None,
                     objects: None,
                 })
                 .await?;
+                p.set_impairments(impairments);
                 tokio::signal::ctrl_c().await?;
                 Ok(())
             }

@@ -7,9 +7,11 @@
 //! authorities. Nothing here is used by the edge at run time.
 
 pub mod certs;
+pub mod impair;
 pub mod relay;
 pub mod store;
 
 pub use certs::TestCa;
+pub use impair::Impairments;
 pub use relay::DelayRelay;
 pub use store::{Objects, SimConfig, SimProvider, Storage};

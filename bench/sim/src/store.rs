@@ -5,8 +5,9 @@
 //!
 //! Diagnostic endpoints under `/_sim/` exist for tests: `echo` (what reached the
 //! provider), `delay?ms=N` (slow response head), `stall?bytes=N` (a body that stops),
-//! `trailers` (a chunked body with trailers). Every response carries
-//! `x-sim-provider` and `x-sim-conn` (the connection's ordinal).
+//! `trailers` (a chunked body with trailers), and `impair` (`GET` the provider's
+//! [`Impairments`], `PUT` new ones as JSON, effective at once). Every response
+//! carries `x-sim-provider` and `x-sim-conn` (the connection's ordinal).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -24,7 +25,7 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body::Frame;
 use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, Empty, Full, StreamBody};
+use http_body_util::{BodyExt, Empty, Full, Limited, StreamBody};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -37,6 +38,7 @@ use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
 use crate::certs::Leaf;
+use crate::impair::{Impairer, Impairments, impair_body};
 
 type SimBody = UnsyncBoxBody<Bytes, io::Error>;
 
@@ -84,8 +86,8 @@ struct State {
     storage: Storage,
     objects: Arc<Objects>,
     gets: DashMap<String, u64>,
-    /// Added before every response head, in microseconds (a slow provider).
-    head_delay_us: AtomicU64,
+    /// What the provider does to itself (latency, bandwidth, errors, stalls).
+    impair: Arc<Impairer>,
     accepted: AtomicU64,
     open: AtomicU64,
     peak: AtomicU64,
@@ -123,7 +125,7 @@ impl SimProvider {
             storage: cfg.storage,
             objects: cfg.objects.unwrap_or_default(),
             gets: DashMap::new(),
-            head_delay_us: AtomicU64::new(0),
+            impair: Arc::new(Impairer::default()),
             accepted: AtomicU64::new(0),
             open: AtomicU64::new(0),
             peak: AtomicU64::new(0),
@@ -156,9 +158,20 @@ impl SimProvider {
     /// Delays every response head from now on by `delay` (the provider itself is
     /// slow, as opposed to the network to it).
     pub fn set_head_delay(&self, delay: Duration) {
-        self.state
-            .head_delay_us
-            .store(delay.as_micros() as u64, Ordering::Relaxed);
+        let mut i = self.state.impair.get();
+        i.latency_ms = delay.as_millis() as u64;
+        self.state.impair.set(i);
+    }
+
+    /// Replaces what the provider does to itself, effective for new requests (and,
+    /// for the bandwidth cap, for bodies already flowing).
+    pub fn set_impairments(&self, i: Impairments) {
+        self.state.impair.set(i);
+    }
+
+    /// What the provider does to itself now.
+    pub fn impairments(&self) -> Impairments {
+        self.state.impair.get()
     }
 
     /// How many `GET`s of the object at `path` were answered.
@@ -224,11 +237,17 @@ async fn accept_loop(socket: TcpListener, tls: Option<TlsAcceptor>, state: Arc<S
 
 async fn handle(req: Request<Incoming>, state: &State, conn_id: u64) -> Response<SimBody> {
     state.requests.fetch_add(1, Ordering::Relaxed);
-    let delay = state.head_delay_us.load(Ordering::Relaxed);
-    if delay > 0 {
-        tokio::time::sleep(Duration::from_micros(delay)).await;
-    }
     let path = req.uri().path().to_owned();
+    let impair = state.impair.get();
+    let control = path == "/_sim/impair";
+    if impair.latency_ms > 0 && !control {
+        tokio::time::sleep(Duration::from_millis(impair.latency_ms)).await;
+    }
+    if !control && impair.error_rate > 0.0 && state.impair.draw() < impair.error_rate {
+        let mut r = plain(StatusCode::SERVICE_UNAVAILABLE, "simulated failure\n");
+        r.headers_mut().insert("x-sim-provider", state.name.clone());
+        return r;
+    }
     let mut resp = if let Some(diag) = path.strip_prefix("/_sim/") {
         let diag = diag.to_owned();
         diagnostics(&diag, req, state).await
@@ -245,9 +264,25 @@ async fn handle(req: Request<Incoming>, state: &State, conn_id: u64) -> Response
             _ => plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
         }
     };
+    if !control && (impair.bandwidth_bps > 0 || impair.stall_rate > 0.0) {
+        let stall = impair.stall_rate > 0.0 && state.impair.draw() < impair.stall_rate;
+        let len = resp
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse().ok());
+        let (parts, body) = resp.into_parts();
+        resp = Response::from_parts(parts, impair_body(body, len, stall, state.impair.clone()));
+    }
     resp.headers_mut().insert("x-sim-provider", state.name.clone());
     resp.headers_mut().insert("x-sim-conn", HeaderValue::from(conn_id));
     resp
+}
+
+fn json_response<T: serde::Serialize>(v: &T) -> Response<SimBody> {
+    let mut r = Response::new(full(Bytes::from(serde_json::to_vec(v).unwrap_or_default())));
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
 }
 
 fn plain(status: StatusCode, text: &'static str) -> Response<SimBody> {
@@ -534,6 +569,27 @@ async fn diagnostics(what: &str, req: Request<Incoming>, state: &State) -> Respo
             }
             r
         }
+        "impair" if req.method() == Method::PUT => {
+            let body = match Limited::new(req.into_body(), 64 << 10).collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(_) => return plain(StatusCode::BAD_REQUEST, "body too large\n"),
+            };
+            match serde_json::from_slice::<Impairments>(&body)
+                .map_err(|e| e.to_string())
+                .and_then(|i| i.check().map(|()| i))
+            {
+                Ok(i) => {
+                    state.impair.set(i);
+                    json_response(&i)
+                }
+                Err(e) => {
+                    let mut r = Response::new(full(Bytes::from(format!("{e}\n"))));
+                    *r.status_mut() = StatusCode::BAD_REQUEST;
+                    r
+                }
+            }
+        }
+        "impair" => json_response(&state.impair.get()),
         "trailers" => {
             let data = Bytes::from_static(b"hello, trailers");
             let mut t = HeaderMap::new();
