@@ -128,14 +128,13 @@ pub async fn run(opts: CompareOptions) -> anyhow::Result<String> {
             let rps = wrk_rps(&wrk, addr, path, opts.connections, opts.duration)?;
             eprintln!("{size} via {name}: fixed rate {rate}/s...");
             let cpu0 = proc_.map(Proc::cpu_seconds);
-            let res = fixed_rate(&LoadSpec {
-                target: addr,
-                host: "localhost".into(),
-                path: path.into(),
+            let res = fixed_rate(&LoadSpec::fixed_rate_get(
+                addr,
+                path,
                 rate,
-                duration: opts.duration,
-                connections: opts.connections,
-            })
+                opts.duration,
+                opts.connections,
+            ))
             .await?;
             let cpu = match (proc_, cpu0) {
                 (Some(p), Some(c0)) if res.ok > 0 => Some((p.cpu_seconds() - c0) / res.ok as f64 * 10_000.0),

@@ -49,24 +49,47 @@ enum Cmd {
         #[arg(long)]
         out: Option<PathBuf>,
     },
-    /// Send GETs at a fixed rate (open loop, coordinated-omission corrected) and print
-    /// latency quantiles.
+    /// Load a target with a request mix, open loop at a fixed rate
+    /// (coordinated-omission corrected) or closed loop; print latency quantiles
+    /// (HDR histogram) and optionally JSON.
     Load {
-        /// Target address (host:port).
+        /// Target address (host:port), cleartext.
         #[arg(long)]
         target: SocketAddr,
-        /// Request path.
-        #[arg(long, default_value = "/")]
-        path: String,
-        /// Requests per second.
-        #[arg(long, default_value_t = 1000.0)]
+        /// `Host` header.
+        #[arg(long, default_value = "localhost")]
+        host: String,
+        /// GET this path, PATH[:WEIGHT]; repeatable.
+        #[arg(long = "get")]
+        gets: Vec<String>,
+        /// Store an object of SIZE (e.g. 1MiB) first, then GET it, SIZE[:WEIGHT];
+        /// repeatable: the object-size mix.
+        #[arg(long = "object")]
+        objects: Vec<String>,
+        /// PUT a body of SIZE, SIZE[:WEIGHT]; repeatable: the request-size mix.
+        #[arg(long = "put")]
+        puts: Vec<String>,
+        /// Requests per second (open loop).
+        #[arg(long, default_value_t = 1000.0, conflicts_with = "closed")]
         rate: f64,
+        /// Closed loop: each connection sends as fast as answers come.
+        #[arg(long)]
+        closed: bool,
+        /// Speak HTTP/2 (prior knowledge) instead of HTTP/1.1.
+        #[arg(long)]
+        h2: bool,
         /// Seconds to run.
         #[arg(long, default_value_t = 10)]
         duration: u64,
-        /// Keep-alive connections.
+        /// Concurrent workers: HTTP/1.1 connections, or HTTP/2 streams in flight.
         #[arg(long, default_value_t = 32)]
         connections: usize,
+        /// Write the result as JSON to FILE (`-` for stdout, instead of the summary).
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// No progress bar.
+        #[arg(long)]
+        quiet: bool,
     },
     /// Subscribe many lightweight edge clients to one real control plane and time
     /// API change -> ACK, and control-plane memory per edge. Build with --release.
@@ -163,29 +186,63 @@ fn main() -> ExitCode {
             }
             Cmd::Load {
                 target,
-                path,
+                host,
+                gets,
+                objects,
+                puts,
                 rate,
+                closed,
+                h2,
                 duration,
                 connections,
+                json,
+                quiet,
             } => {
-                let spec = meridian_bench::load::LoadSpec {
+                use meridian_bench::load::{self, Op};
+                let mut ops = Vec::new();
+                for g in &gets {
+                    let (path, w) = load::parse_weighted(g).map_err(anyhow::Error::msg)?;
+                    ops.push(Op::get(&path, w));
+                }
+                for o in &objects {
+                    let (size, w) = load::parse_weighted(o).map_err(anyhow::Error::msg)?;
+                    let size = load::parse_bytes(&size).map_err(anyhow::Error::msg)?;
+                    let path = format!("/bench/obj-{size}");
+                    meridian_bench::load::store_object(target, &host, &path, size).await?;
+                    let mut op = Op::get(&path, w);
+                    op.name = format!("GET {}", load::human_bytes(size));
+                    ops.push(op);
+                }
+                for p in &puts {
+                    let (size, w) = load::parse_weighted(p).map_err(anyhow::Error::msg)?;
+                    ops.push(Op::put(load::parse_bytes(&size).map_err(anyhow::Error::msg)?, w));
+                }
+                if ops.is_empty() {
+                    ops.push(Op::get("/", 1));
+                }
+                let spec = load::LoadSpec {
                     target,
-                    host: "localhost".into(),
-                    path,
-                    rate,
+                    host,
+                    mode: if closed {
+                        load::Mode::Closed
+                    } else {
+                        load::Mode::Open { rate }
+                    },
+                    proto: if h2 { load::Proto::H2 } else { load::Proto::H1 },
                     duration: Duration::from_secs(duration),
                     connections,
+                    ops,
+                    progress: !quiet,
                 };
-                let r = meridian_bench::load::fixed_rate(&spec).await?;
-                println!(
-                    "ok={} errors={} p50={:.3}ms p99={:.3}ms p99.9={:.3}ms max={:.3}ms",
-                    r.ok,
-                    r.errors,
-                    r.ms(0.5),
-                    r.ms(0.99),
-                    r.ms(0.999),
-                    r.latency_us.max() as f64 / 1000.0
-                );
+                let r = load::run(&spec).await?;
+                match json {
+                    Some(p) if p.as_os_str() == "-" => println!("{}", serde_json::to_string_pretty(&r.to_json())?),
+                    Some(p) => {
+                        std::fs::write(&p, serde_json::to_string_pretty(&r.to_json())?)?;
+                        print!("{}", r.summary());
+                    }
+                    None => print!("{}", r.summary()),
+                }
                 Ok(())
             }
             Cmd::Upstream {
