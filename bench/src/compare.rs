@@ -1,10 +1,12 @@
-//! `meridian-bench compare`: the edge against nginx and against going direct, same
+//! `meridian-bench compare`: the edge against nginx, HAProxy and going direct, same
 //! upstream, same run, same machine.
 //!
 //! For each response size it measures closed-loop requests/s (wrk), latency at a
 //! fixed request rate (open loop, coordinated-omission corrected), and the proxy
-//! process's CPU-seconds per 10,000 requests during the fixed-rate phase. Results are
-//! meant to be read as ratios between columns of one run: the machine is shared.
+//! process's CPU-seconds per 10,000 requests during the fixed-rate phase; it writes a
+//! markdown table and, with `--out`, one SVG latency-distribution plot per size.
+//! Results are meant to be read as ratios between columns of one run: the machine is
+//! shared. nginx, HAProxy and wrk are installed from Debian's packages when missing.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -53,7 +55,12 @@ pub struct Row {
     pub errors: u64,
     /// Proxy CPU-seconds per 10,000 requests (none for direct).
     pub cpu_per_10k: Option<f64>,
+    /// Fixed-rate latency quantiles (quantile, ms), for the plots.
+    pub distribution: Vec<(f64, f64)>,
 }
+
+/// Quantiles plotted.
+const PLOTTED: [f64; 10] = [0.5, 0.75, 0.9, 0.95, 0.99, 0.995, 0.999, 0.9995, 0.9999, 1.0];
 
 fn free_addr() -> anyhow::Result<SocketAddr> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
@@ -61,8 +68,9 @@ fn free_addr() -> anyhow::Result<SocketAddr> {
 
 /// Runs the comparison and returns the report (markdown).
 pub async fn run(opts: CompareOptions) -> anyhow::Result<String> {
-    let nginx = which("nginx").context("nginx is required: apt-get install nginx-light (scripts/test installs it)")?;
-    let wrk = which("wrk").context("wrk is required: apt-get install wrk (scripts/test installs it)")?;
+    let nginx = ensure_installed("nginx", "nginx-light")?;
+    let wrk = ensure_installed("wrk", "wrk")?;
+    let haproxy = ensure_installed("haproxy", "haproxy")?;
     let work = tempfile_dir()?;
 
     let upstream = free_addr()?;
@@ -112,10 +120,17 @@ pub async fn run(opts: CompareOptions) -> anyhow::Result<String> {
     )?;
     wait_http(nginx_addr, "/obj-1k", 200, Duration::from_secs(20)).await?;
 
-    let targets: [(&str, SocketAddr, Option<&Proc>); 3] = [
+    let haproxy_addr = free_addr()?;
+    let haproxy_cfg = work.join("haproxy.cfg");
+    std::fs::write(&haproxy_cfg, haproxy_config(haproxy_addr, upstream))?;
+    let haproxy_proc = Proc::spawn("haproxy", Command::new(&haproxy).arg("-db").arg("-f").arg(&haproxy_cfg))?;
+    wait_http(haproxy_addr, "/obj-1k", 200, Duration::from_secs(20)).await?;
+
+    let targets: [(&str, SocketAddr, Option<&Proc>); 4] = [
         ("direct", upstream, None),
         ("meridian", edge_addr, Some(&edge)),
         ("nginx", nginx_addr, Some(&nginx_proc)),
+        ("haproxy", haproxy_addr, Some(&haproxy_proc)),
     ];
     let sizes = [
         ("1 KiB", "/obj-1k", opts.rate_small),
@@ -149,13 +164,24 @@ pub async fn run(opts: CompareOptions) -> anyhow::Result<String> {
                 p999: res.ms(0.999),
                 errors: res.errors,
                 cpu_per_10k: cpu,
+                distribution: PLOTTED.iter().map(|&q| (q, res.ms(q))).collect(),
             });
         }
     }
+    drop(haproxy_proc);
     drop(nginx_proc);
     drop(edge);
-    let report = render(&rows, &opts);
+    let mut report = render(&rows, &opts);
     if let Some(out) = &opts.out {
+        for (size, tag) in [("1 KiB", "1k"), ("1 MiB", "1m")] {
+            let svg_path = out.with_extension(format!("{tag}.svg"));
+            let title = format!("Latency at a fixed rate, {size} responses (open loop, CO-corrected)");
+            std::fs::write(&svg_path, plot(&title, &rows, size))
+                .with_context(|| format!("writing {}", svg_path.display()))?;
+            if let Some(name) = svg_path.file_name() {
+                let _ = writeln!(report, "\n![{title}]({})", name.to_string_lossy());
+            }
+        }
         std::fs::write(out, &report).with_context(|| format!("writing {}", out.display()))?;
     }
     Ok(report)
@@ -175,6 +201,113 @@ fn nginx_config(work: &Path, listen: SocketAddr, upstream: SocketAddr) -> String
          proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n      proxy_buffering off;\n\
          proxy_request_buffering off;\n    }}\n  }}\n}}\n"
     )
+}
+
+fn haproxy_config(listen: SocketAddr, upstream: SocketAddr) -> String {
+    // Same shape as the edge and nginx: keep-alive and connection reuse to the
+    // upstream, one thread per core, no logging.
+    format!(
+        "global\n  maxconn 8192\n  nbthread {threads}\n\n\
+         defaults\n  mode http\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n\
+         option http-keep-alive\n  http-reuse always\n\n\
+         frontend f\n  bind {listen}\n  default_backend b\n\n\
+         backend b\n  server up {upstream} maxconn 512\n",
+        threads = std::thread::available_parallelism().map_or(1, |n| n.get())
+    )
+}
+
+/// The binary, installing its Debian package first when it is missing (as root).
+fn ensure_installed(bin: &str, package: &str) -> anyhow::Result<PathBuf> {
+    if let Ok(p) = which(bin) {
+        return Ok(p);
+    }
+    eprintln!("{bin} not found; installing Debian's {package}...");
+    let status = Command::new("apt-get")
+        .args(["install", "-y", "-q", package])
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()
+        .context("running apt-get")?;
+    if !status.success() {
+        // The package lists may be missing on a fresh machine.
+        let _ = Command::new("apt-get").args(["update", "-q"]).status();
+        let status = Command::new("apt-get")
+            .args(["install", "-y", "-q", package])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .context("running apt-get")?;
+        anyhow::ensure!(status.success(), "apt-get install {package} failed");
+    }
+    which(bin).with_context(|| format!("{package} installed but {bin} not found"))
+}
+
+/// A latency-distribution plot: latency (ms, log scale) by quantile ("nines", log
+/// scale), one line per target.
+pub fn plot(title: &str, rows: &[Row], size: &str) -> String {
+    let (w, h, left, right, top, bottom) = (760.0, 420.0, 70.0, 150.0, 40.0, 50.0);
+    let series: Vec<&Row> = rows.iter().filter(|r| r.size == size).collect();
+    let nines = |q: f64| -> f64 { (1.0 / (1.0 - q.min(0.99999))).log10() };
+    let x_max = nines(1.0);
+    let values = series
+        .iter()
+        .flat_map(|r| r.distribution.iter().map(|d| d.1.max(0.001)));
+    let (lo, hi) = values.fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(v), hi.max(v)));
+    let (lo, hi) = if lo > hi { (0.01, 1.0) } else { (lo, hi) };
+    let (y_lo, y_hi) = (lo.log10().floor(), hi.log10().ceil().max(lo.log10().floor() + 1.0));
+    let px = |q: f64| left + nines(q) / x_max * (w - left - right);
+    let py = |ms: f64| top + (1.0 - (ms.max(0.001).log10() - y_lo) / (y_hi - y_lo)) * (h - top - bottom);
+    let colours = ["#555555", "#d62728", "#1f77b4", "#2ca02c", "#9467bd"];
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
+         <text x=\"{left}\" y=\"22\" font-size=\"14\">{title}</text>\n"
+    );
+    let mut decade = y_lo;
+    while decade <= y_hi {
+        let ms = 10f64.powf(decade);
+        let y = py(ms);
+        let _ = writeln!(
+            s,
+            "<line x1=\"{left}\" x2=\"{}\" y1=\"{y:.1}\" y2=\"{y:.1}\" stroke=\"#dddddd\"/><text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{ms} ms</text>",
+            w - right,
+            left - 6.0,
+            y + 4.0
+        );
+        decade += 1.0;
+    }
+    for (q, label) in [
+        (0.5, "p50"),
+        (0.9, "p90"),
+        (0.99, "p99"),
+        (0.999, "p99.9"),
+        (0.9999, "p99.99"),
+    ] {
+        let x = px(q);
+        let _ = writeln!(
+            s,
+            "<line x1=\"{x:.1}\" x2=\"{x:.1}\" y1=\"{top}\" y2=\"{}\" stroke=\"#dddddd\"/><text x=\"{x:.1}\" y=\"{}\" text-anchor=\"middle\">{label}</text>",
+            h - bottom,
+            h - bottom + 18.0
+        );
+    }
+    for (i, r) in series.iter().enumerate() {
+        let colour = colours[i % colours.len()];
+        let points: Vec<String> = r
+            .distribution
+            .iter()
+            .map(|&(q, ms)| format!("{:.1},{:.1}", px(q), py(ms)))
+            .collect();
+        let _ = writeln!(
+            s,
+            "<polyline fill=\"none\" stroke=\"{colour}\" stroke-width=\"2\" points=\"{}\"/>\n\
+             <text x=\"{}\" y=\"{}\" fill=\"{colour}\">{}</text>",
+            points.join(" "),
+            w - right + 12.0,
+            top + 18.0 * (i as f64 + 1.0),
+            r.target
+        );
+    }
+    s.push_str("</svg>\n");
+    s
 }
 
 async fn put(addr: SocketAddr, path: &str, data: Vec<u8>) -> anyhow::Result<()> {
@@ -256,25 +389,27 @@ pub fn render(rows: &[Row], opts: &CompareOptions) -> String {
             r.size, r.target, r.rps, r.p50, r.p99, r.p999, r.errors, cpu
         );
     }
-    let _ = writeln!(s, "\nMeridian relative to nginx (same run):\n");
+    let _ = writeln!(s, "\nMeridian relative to nginx and HAProxy (same run):\n");
     let _ = writeln!(
         s,
-        "| size | req/s ratio | p99 ratio (lower is better) | CPU/req ratio (lower is better) |"
+        "| size | vs | req/s ratio | p99 ratio (lower is better) | CPU/req ratio (lower is better) |"
     );
-    let _ = writeln!(s, "|---|---:|---:|---:|");
+    let _ = writeln!(s, "|---|---|---:|---:|---:|");
     for size in ["1 KiB", "1 MiB"] {
         let find = |t: &str| rows.iter().find(|r| r.size == size && r.target == t);
-        if let (Some(m), Some(n)) = (find("meridian"), find("nginx")) {
-            let cpu = match (m.cpu_per_10k, n.cpu_per_10k) {
-                (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
-                _ => "-".into(),
-            };
-            let _ = writeln!(
-                s,
-                "| {size} | {:.2} | {:.2} | {cpu} |",
-                m.rps / n.rps.max(1e-9),
-                m.p99 / n.p99.max(1e-9)
-            );
+        for other in ["nginx", "haproxy"] {
+            if let (Some(m), Some(n)) = (find("meridian"), find(other)) {
+                let cpu = match (m.cpu_per_10k, n.cpu_per_10k) {
+                    (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
+                    _ => "-".into(),
+                };
+                let _ = writeln!(
+                    s,
+                    "| {size} | {other} | {:.2} | {:.2} | {cpu} |",
+                    m.rps / n.rps.max(1e-9),
+                    m.p99 / n.p99.max(1e-9)
+                );
+            }
         }
     }
     s

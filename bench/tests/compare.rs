@@ -1,5 +1,5 @@
-//! `meridian-bench compare` runs end to end against real nginx and wrk (a short run;
-//! the numbers come from release builds, see bench/README.md).
+//! `meridian-bench compare` runs end to end against real nginx, HAProxy and wrk (a
+//! short run; the numbers come from release builds, see bench/README.md).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -27,7 +27,7 @@ fn compare_produces_a_full_report() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     let report = std::fs::read_to_string(out_file.path()).unwrap();
-    for target in ["direct", "meridian", "nginx"] {
+    for target in ["direct", "meridian", "nginx", "haproxy"] {
         for size in ["1 KiB", "1 MiB"] {
             let row = report
                 .lines()
@@ -45,5 +45,16 @@ fn compare_produces_a_full_report() {
             }
         }
     }
-    assert!(report.contains("Meridian relative to nginx"));
+    assert!(report.contains("Meridian relative to nginx and HAProxy"));
+    assert!(report.contains("| 1 KiB | haproxy |"), "{report}");
+    // One latency plot per size, a line per target, linked from the report.
+    for tag in ["1k", "1m"] {
+        let svg_path = out_file.path().with_extension(format!("{tag}.svg"));
+        let svg = std::fs::read_to_string(&svg_path).unwrap();
+        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+        assert_eq!(svg.matches("<polyline").count(), 4, "{svg}");
+        let name = svg_path.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(report.contains(&name), "the report links {name}");
+        let _ = std::fs::remove_file(svg_path);
+    }
 }
