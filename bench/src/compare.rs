@@ -280,6 +280,7 @@ pub fn plot(title: &str, rows: &[Row], size: &str) -> String {
         (0.99, "p99"),
         (0.999, "p99.9"),
         (0.9999, "p99.99"),
+        (1.0, "max"),
     ] {
         let x = px(q);
         let _ = writeln!(
