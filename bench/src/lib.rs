@@ -9,3 +9,4 @@ pub mod dev;
 pub mod load;
 pub mod procs;
 pub mod push_scale;
+pub mod world;

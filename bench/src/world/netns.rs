@@ -1,0 +1,160 @@
+//! Network namespaces for the world simulator: one per party (control plane, each
+//! edge, each provider, the users of each edge), joined by veth pairs to one bridge in
+//! a hub namespace, addresses 10.77.0.0/16. Everything is created with `ip` and
+//! removed on drop; names carry the simulator's process id so two runs never collide.
+//!
+//! Needs root (or CAP_NET_ADMIN and CAP_SYS_ADMIN).
+
+use std::net::Ipv4Addr;
+use std::process::Command;
+
+use anyhow::{Context, bail};
+
+/// Runs `ip ARGS`, failing with its stderr.
+fn ip(args: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .context("running `ip` (Debian iproute2)")?;
+    if !out.status.success() {
+        bail!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+/// A set of namespaces on one bridge.
+#[derive(Debug)]
+pub struct Network {
+    prefix: String,
+    hub: String,
+    hosts: Vec<Host>,
+}
+
+/// One party's namespace.
+#[derive(Debug, Clone)]
+pub struct Host {
+    /// Namespace name (for `ip netns exec`).
+    pub netns: String,
+    /// Its address on the bridge.
+    pub addr: Ipv4Addr,
+}
+
+impl Network {
+    /// Creates the hub namespace and its bridge.
+    pub fn new() -> anyhow::Result<Network> {
+        let prefix = format!("mw{}", std::process::id());
+        let hub = format!("{prefix}-hub");
+        ip(&["netns", "add", &hub])?;
+        let net = Network {
+            prefix,
+            hub: hub.clone(),
+            hosts: Vec::new(),
+        };
+        ip(&["-n", &hub, "link", "add", "br0", "type", "bridge"])?;
+        ip(&["-n", &hub, "link", "set", "br0", "up"])?;
+        Ok(net)
+    }
+
+    /// Adds a namespace with one interface on the bridge.
+    pub fn add_host(&mut self) -> anyhow::Result<Host> {
+        let n = self.hosts.len() + 1;
+        anyhow::ensure!(n < 60_000, "too many hosts");
+        let netns = format!("{}-{n}", self.prefix);
+        let addr = Ipv4Addr::new(10, 77, (n / 250) as u8, (n % 250 + 1) as u8);
+        ip(&["netns", "add", &netns])?;
+        // Registered before the links exist, so a failure below still cleans up.
+        self.hosts.push(Host {
+            netns: netns.clone(),
+            addr,
+        });
+        let outside = format!("v{}-{n}", std::process::id() % 100_000);
+        ip(&[
+            "link", "add", &outside, "type", "veth", "peer", "name", "eth0", "netns", &netns,
+        ])?;
+        ip(&["link", "set", &outside, "netns", &self.hub])?;
+        ip(&["-n", &self.hub, "link", "set", &outside, "master", "br0", "up"])?;
+        ip(&["-n", &netns, "addr", "add", &format!("{addr}/16"), "dev", "eth0"])?;
+        ip(&["-n", &netns, "link", "set", "eth0", "up"])?;
+        ip(&["-n", &netns, "link", "set", "lo", "up"])?;
+        Ok(Host { netns, addr })
+    }
+
+    /// Caps what `host` sends at `rate` (e.g. `100mbit`) with `tc tbf`.
+    pub fn cap_bandwidth(&self, host: &Host, rate: &str) -> anyhow::Result<()> {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &host.netns,
+                "tc",
+                "qdisc",
+                "replace",
+                "dev",
+                "eth0",
+                "root",
+                "tbf",
+            ])
+            .args(["rate", rate, "burst", "64kbit", "latency", "400ms"])
+            .output()
+            .context("running tc")?;
+        if !out.status.success() {
+            bail!(
+                "tc tbf {rate} on {}: {}",
+                host.netns,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Network {
+    fn drop(&mut self) {
+        for h in &self.hosts {
+            let _ = ip(&["netns", "del", &h.netns]);
+        }
+        let _ = ip(&["netns", "del", &self.hub]);
+    }
+}
+
+/// A command run inside `host`'s namespace.
+pub fn command_in(host: &Host, program: &std::path::Path) -> Command {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", &host.netns]).arg(program);
+    c
+}
+
+/// Runs `iptables-legacy ARGS` inside `host` (the kernel's nft lacks the queue
+/// target; the legacy tables have it).
+pub fn iptables(host: &Host, args: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", &host.netns, "iptables-legacy"])
+        .args(args)
+        .output()
+        .context("running iptables-legacy (Debian iptables)")?;
+    if !out.status.success() {
+        bail!(
+            "iptables-legacy {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// Runs `f` on a new thread that has entered `host`'s namespace: every socket it
+/// opens lives there (and stays there when handed to another thread).
+pub fn run_in<T: Send + 'static>(host: &Host, f: impl FnOnce() -> T + Send + 'static) -> anyhow::Result<T> {
+    let path = format!("/run/netns/{}", host.netns);
+    std::thread::Builder::new()
+        .name(format!("in-{}", host.netns))
+        .spawn(move || -> anyhow::Result<T> {
+            let file = std::fs::File::open(&path).with_context(|| format!("opening {path}"))?;
+            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+                .with_context(|| format!("entering {path}"))?;
+            Ok(f())
+        })
+        .context("starting a thread")?
+        .join()
+        .map_err(|_| anyhow::anyhow!("the thread in {} panicked", host.netns))?
+}

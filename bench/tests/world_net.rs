@@ -1,0 +1,63 @@
+//! The world simulator's network: namespaces on a bridge, and delay applied to
+//! packets on the wire, handshakes included. Needs root, iproute2 and Debian's
+//! iptables (installed by scripts/test).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use meridian_bench::world::{delay, netns};
+
+#[test]
+fn delay_applies_to_the_handshake_and_every_packet_and_changes_while_running() {
+    let mut net = netns::Network::new().unwrap();
+    let a = net.add_host().unwrap();
+    let b = net.add_host().unwrap();
+    let delays: delay::Delays = Arc::new(Mutex::new(HashMap::from([(b.addr, Duration::from_millis(20))])));
+    let _holder = delay::start(vec![(a.clone(), delays.clone())]).unwrap();
+
+    let listener = netns::run_in(&b, || std::net::TcpListener::bind("0.0.0.0:7000").unwrap()).unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let mut conn = conn.unwrap();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 64];
+                while let Ok(n) = conn.read(&mut buf) {
+                    if n == 0 || conn.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    let target = std::net::SocketAddr::from((b.addr, 7000));
+    let measure = move || {
+        let t = Instant::now();
+        let mut s = std::net::TcpStream::connect(target).unwrap();
+        let connect = t.elapsed();
+        s.set_nodelay(true).unwrap();
+        let t = Instant::now();
+        s.write_all(b"ping").unwrap();
+        let mut buf = [0u8; 4];
+        s.read_exact(&mut buf).unwrap();
+        (connect, t.elapsed())
+    };
+    let (connect, rtt) = netns::run_in(&a, measure).unwrap();
+    // SYN out and SYN-ACK in are each held 20 ms; so are the request and the answer.
+    assert!(
+        connect >= Duration::from_millis(40),
+        "handshake not delayed: {connect:?}"
+    );
+    assert!(rtt >= Duration::from_millis(40), "round trip not delayed: {rtt:?}");
+    assert!(rtt < Duration::from_millis(400), "far more than the delay: {rtt:?}");
+
+    delays.lock().unwrap().insert(b.addr, Duration::from_millis(60));
+    let (connect, rtt) = netns::run_in(&a, measure).unwrap();
+    assert!(
+        connect >= Duration::from_millis(120) && rtt >= Duration::from_millis(120),
+        "{connect:?} {rtt:?}"
+    );
+}
