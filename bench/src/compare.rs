@@ -19,7 +19,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 
 use crate::load::{LoadSpec, fixed_rate};
-use crate::procs::{Proc, sibling_binary, wait_http};
+use crate::procs::{Proc, ensure_installed, sibling_binary, wait_http};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -216,30 +216,6 @@ fn haproxy_config(listen: SocketAddr, upstream: SocketAddr) -> String {
     )
 }
 
-/// The binary, installing its Debian package first when it is missing (as root).
-fn ensure_installed(bin: &str, package: &str) -> anyhow::Result<PathBuf> {
-    if let Ok(p) = which(bin) {
-        return Ok(p);
-    }
-    eprintln!("{bin} not found; installing Debian's {package}...");
-    let status = Command::new("apt-get")
-        .args(["install", "-y", "-q", package])
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .status()
-        .context("running apt-get")?;
-    if !status.success() {
-        // The package lists may be missing on a fresh machine.
-        let _ = Command::new("apt-get").args(["update", "-q"]).status();
-        let status = Command::new("apt-get")
-            .args(["install", "-y", "-q", package])
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .status()
-            .context("running apt-get")?;
-        anyhow::ensure!(status.success(), "apt-get install {package} failed");
-    }
-    which(bin).with_context(|| format!("{package} installed but {bin} not found"))
-}
-
 /// A latency-distribution plot: latency (ms, log scale) by quantile ("nines", log
 /// scale), one line per target.
 pub fn plot(title: &str, rows: &[Row], size: &str) -> String {
@@ -339,23 +315,6 @@ fn wrk_rps(wrk: &Path, addr: SocketAddr, path: &str, connections: usize, d: Dura
         .find_map(|l| l.strip_prefix("Requests/sec:").map(|v| v.trim().parse::<f64>()))
         .with_context(|| format!("no Requests/sec in wrk output:\n{text}"))?
         .context("parsing wrk's Requests/sec")
-}
-
-fn which(name: &str) -> anyhow::Result<PathBuf> {
-    for dir in [
-        "/usr/sbin",
-        "/usr/bin",
-        "/usr/local/bin",
-        "/usr/local/sbin",
-        "/sbin",
-        "/bin",
-    ] {
-        let p = Path::new(dir).join(name);
-        if p.is_file() {
-            return Ok(p);
-        }
-    }
-    bail!("{name} not found")
 }
 
 fn tempfile_dir() -> anyhow::Result<PathBuf> {

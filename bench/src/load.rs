@@ -244,13 +244,19 @@ fn histogram() -> anyhow::Result<Histogram<u64>> {
 
 /// Which operation request `i` performs: a deterministic weighted pick.
 fn pick(ops: &[Op], total_weight: u64, i: u64) -> usize {
-    // SplitMix64 of the ordinal: the same mix in every run, no clustering.
+    pick_weighted(ops.iter().map(|o| o.weight), total_weight, i)
+}
+
+/// Index drawn for ordinal `i` from `weights` (summing to `total_weight`): the same
+/// sequence in every run, without clustering.
+pub fn pick_weighted(weights: impl Iterator<Item = u32>, total_weight: u64, i: u64) -> usize {
+    // SplitMix64 of the ordinal.
     let mut z = i.wrapping_add(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     let mut r = (z ^ (z >> 31)) % total_weight.max(1);
-    for (k, op) in ops.iter().enumerate() {
-        let w = u64::from(op.weight);
+    for (k, w) in weights.enumerate() {
+        let w = u64::from(w);
         if r < w {
             return k;
         }

@@ -91,6 +91,19 @@ enum Cmd {
         #[arg(long)]
         quiet: bool,
     },
+    /// Run a world scenario (bench/scenarios/*.toml): edges, providers and users in
+    /// network namespaces with delays from geography on the wire, the real control
+    /// plane and edges, timed events; prints the report (markdown). Needs root.
+    World {
+        /// The scenario file.
+        scenario: PathBuf,
+        /// Seconds of probing before the users start.
+        #[arg(long, default_value_t = 5)]
+        warmup: u64,
+        /// Also write the report to this file.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Subscribe many lightweight edge clients to one real control plane and time
     /// API change -> ACK, and control-plane memory per edge. Build with --release.
     PushScale {
@@ -151,6 +164,18 @@ fn main() -> ExitCode {
     let result = rt.block_on(async {
         match cli.command {
             Cmd::Dev { dir, disk } => dev::run(dev::DevOptions { dir, disk }).await,
+            Cmd::World { scenario, warmup, out } => {
+                let opts = meridian_bench::world::WorldOptions {
+                    scenario,
+                    warmup: Duration::from_secs(warmup),
+                };
+                let report = tokio::task::spawn_blocking(move || meridian_bench::world::run(&opts)).await??;
+                if let Some(out) = out {
+                    std::fs::write(&out, &report)?;
+                }
+                println!("{report}");
+                Ok(())
+            }
             Cmd::PushScale { edges, changes, h2 } => {
                 let transport = if h2 {
                     meridian_edge::config::PushTransport::H2

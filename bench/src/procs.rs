@@ -2,7 +2,7 @@
 //! readiness by polling, read CPU time from /proc, stop by PID.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -165,4 +165,46 @@ async fn status_of(addr: SocketAddr, path: &str) -> anyhow::Result<u16> {
         .header("host", "localhost")
         .body(Empty::<bytes::Bytes>::new())?;
     Ok(send.send_request(req).await?.status().as_u16())
+}
+
+/// The binary, installing its Debian package first when it is missing (as root).
+pub fn ensure_installed(bin: &str, package: &str) -> anyhow::Result<PathBuf> {
+    if let Ok(p) = which(bin) {
+        return Ok(p);
+    }
+    eprintln!("{bin} not found; installing Debian's {package}...");
+    let status = Command::new("apt-get")
+        .args(["install", "-y", "-q", package])
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()
+        .context("running apt-get")?;
+    if !status.success() {
+        // The package lists may be missing on a fresh machine.
+        let _ = Command::new("apt-get").args(["update", "-q"]).status();
+        let status = Command::new("apt-get")
+            .args(["install", "-y", "-q", package])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .context("running apt-get")?;
+        anyhow::ensure!(status.success(), "apt-get install {package} failed");
+    }
+    which(bin).with_context(|| format!("{package} installed but {bin} not found"))
+}
+
+/// The path of a system binary.
+pub fn which(name: &str) -> anyhow::Result<PathBuf> {
+    for dir in [
+        "/usr/sbin",
+        "/usr/bin",
+        "/usr/local/bin",
+        "/usr/local/sbin",
+        "/sbin",
+        "/bin",
+    ] {
+        let p = Path::new(dir).join(name);
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    bail!("{name} not found")
 }

@@ -5,8 +5,9 @@
 //!
 //! Diagnostic endpoints under `/_sim/` exist for tests: `echo` (what reached the
 //! provider), `delay?ms=N` (slow response head), `stall?bytes=N` (a body that stops),
-//! `trailers` (a chunked body with trailers), and `impair` (`GET` the provider's
-//! [`Impairments`], `PUT` new ones as JSON, effective at once). Every response
+//! `trailers` (a chunked body with trailers), `impair` (`GET` the provider's
+//! [`Impairments`], `PUT` new ones as JSON, effective at once), and `stats`
+//! (requests, and requests and body bytes under `/_probe`, where edges' probes go). Every response
 //! carries `x-sim-provider` and `x-sim-conn` (the connection's ordinal).
 
 use std::collections::HashMap;
@@ -92,6 +93,10 @@ struct State {
     open: AtomicU64,
     peak: AtomicU64,
     requests: AtomicU64,
+    /// Requests under `/_probe` (an edge's probes, by convention) and the body bytes
+    /// answered to them.
+    probe_requests: AtomicU64,
+    probe_bytes: AtomicU64,
 }
 
 /// A running simulated provider; stops when dropped.
@@ -130,6 +135,8 @@ impl SimProvider {
             open: AtomicU64::new(0),
             peak: AtomicU64::new(0),
             requests: AtomicU64::new(0),
+            probe_requests: AtomicU64::new(0),
+            probe_bytes: AtomicU64::new(0),
         });
         let task = tokio::spawn(accept_loop(socket, tls, state.clone()));
         Ok(SimProvider { addr, state, task })
@@ -239,7 +246,8 @@ async fn handle(req: Request<Incoming>, state: &State, conn_id: u64) -> Response
     state.requests.fetch_add(1, Ordering::Relaxed);
     let path = req.uri().path().to_owned();
     let impair = state.impair.get();
-    let control = path == "/_sim/impair";
+    let control = path == "/_sim/impair" || path == "/_sim/stats";
+    let head = req.method() == Method::HEAD;
     if impair.latency_ms > 0 && !control {
         tokio::time::sleep(Duration::from_millis(impair.latency_ms)).await;
     }
@@ -264,6 +272,18 @@ async fn handle(req: Request<Incoming>, state: &State, conn_id: u64) -> Response
             _ => plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
         }
     };
+    if path.starts_with("/_probe") {
+        state.probe_requests.fetch_add(1, Ordering::Relaxed);
+        if let Some(n) = resp
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        {
+            if !head {
+                state.probe_bytes.fetch_add(n, Ordering::Relaxed);
+            }
+        }
+    }
     if !control && (impair.bandwidth_bps > 0 || impair.stall_rate > 0.0) {
         let stall = impair.stall_rate > 0.0 && state.impair.draw() < impair.stall_rate;
         let len = resp
@@ -590,6 +610,11 @@ async fn diagnostics(what: &str, req: Request<Incoming>, state: &State) -> Respo
             }
         }
         "impair" => json_response(&state.impair.get()),
+        "stats" => json_response(&serde_json::json!({
+            "requests": state.requests.load(Ordering::Relaxed),
+            "probe_requests": state.probe_requests.load(Ordering::Relaxed),
+            "probe_bytes": state.probe_bytes.load(Ordering::Relaxed),
+        })),
         "trailers" => {
             let data = Bytes::from_static(b"hello, trailers");
             let mut t = HeaderMap::new();

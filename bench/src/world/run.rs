@@ -1,0 +1,575 @@
+//! Runs a scenario: builds the namespaces and the delays between them, starts the
+//! real `meridian-cp`, `meridian-edge` and simulated providers inside them, sends the
+//! users' load, plays the events, and judges the result against the policy and an
+//! oracle that knows the true delays.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use meridian_proto::{CompiledPolicy, Fleet, Policy, Verdict};
+use meridian_sim::{Impairments, TestCa};
+
+use super::delay::{self, Delays};
+use super::netns::{self, Host, Network};
+use super::report::{self, Judged};
+use super::scenario::{Action, EventKind, Scenario};
+use super::users::{self, Record};
+use crate::procs::{Proc, ensure_installed, sibling_binary};
+
+const PROVIDER_PORT: u16 = 9000;
+const EDGE_PORT: u16 = 8080;
+const EDGE_ADMIN: u16 = 9901;
+const CP_ADMIN: u16 = 7070;
+const CP_PUSH: u16 = 7443;
+const TOKEN: &str = "world-token";
+/// Probe object size (bandwidth probes read it).
+const PROBE_OBJECT: u64 = 256 << 10;
+
+/// Options.
+#[derive(Debug, Clone)]
+pub struct WorldOptions {
+    /// The scenario file.
+    pub scenario: PathBuf,
+    /// Seconds of probing before the users start.
+    pub warmup: Duration,
+}
+
+/// Runs `f`'s future on a fresh runtime inside `host`'s namespace.
+fn in_ns<T, F, Fut>(host: &Host, f: F) -> anyhow::Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    netns::run_in(host, move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(f()))
+    })?
+}
+
+struct ProviderProc {
+    host: Host,
+    proc: Option<Proc>,
+    dir: PathBuf,
+}
+
+/// Runs the scenario and returns the report (markdown).
+pub fn run(opts: &WorldOptions) -> anyhow::Result<String> {
+    let scenario = Scenario::load(&opts.scenario)?;
+    anyhow::ensure!(
+        nix::unistd::Uid::effective().is_root(),
+        "the world simulator needs root (network namespaces, iptables)"
+    );
+    ensure_installed("iptables-legacy", "iptables")?;
+    let work = tempfile::tempdir()?;
+    let dir = work.path();
+    let mut net = Network::new()?;
+    let lab = net.add_host()?;
+    let cp_host = net.add_host()?;
+    let edge_hosts: Vec<Host> = scenario
+        .edges
+        .iter()
+        .map(|_| net.add_host())
+        .collect::<Result<_, _>>()?;
+    let provider_hosts: Vec<Host> = scenario
+        .providers
+        .iter()
+        .map(|_| net.add_host())
+        .collect::<Result<_, _>>()?;
+    let user_hosts: Vec<Host> = scenario
+        .users
+        .iter()
+        .map(|_| net.add_host())
+        .collect::<Result<_, _>>()?;
+    for (p, host) in scenario.providers.iter().zip(&provider_hosts) {
+        if let Some(rate) = &p.bandwidth {
+            net.cap_bandwidth(host, rate)?;
+        }
+    }
+
+    // Every packet to or from an edge is held for the one-way delay to its peer: the
+    // users, the providers and the control plane all reach the world through edges.
+    let mut holders = Vec::new();
+    let mut one_way: HashMap<(usize, usize), Duration> = HashMap::new();
+    for (ei, (edge, host)) in scenario.edges.iter().zip(&edge_hosts).enumerate() {
+        let mut map = HashMap::new();
+        map.insert(cp_host.addr, scenario.one_way(edge.at, scenario.control_plane.at));
+        for (pi, (p, ph)) in scenario.providers.iter().zip(&provider_hosts).enumerate() {
+            let d = scenario.one_way(edge.at, p.at);
+            one_way.insert((ei, pi), d);
+            map.insert(ph.addr, d);
+        }
+        for (u, uh) in scenario.users.iter().zip(&user_hosts) {
+            if u.edge == edge.name {
+                map.insert(uh.addr, scenario.one_way(u.at, edge.at));
+            }
+        }
+        holders.push((host.clone(), Arc::new(Mutex::new(map)) as Delays));
+    }
+    let _delay = delay::start(holders)?;
+
+    // Certificates: the control plane by IP, each edge by its id.
+    let ca = TestCa::new("world CA")?;
+    let cp_leaf = ca.issue(&[&cp_host.addr.to_string()])?;
+    std::fs::write(dir.join("ca.crt"), &ca.cert_pem)?;
+    std::fs::write(dir.join("cp.crt"), &cp_leaf.cert_pem)?;
+    std::fs::write(dir.join("cp.key"), &cp_leaf.key_pem)?;
+
+    // Providers, on disk so a killed one comes back with its objects.
+    let bench = sibling_binary("meridian-bench")?;
+    let mut providers: Vec<ProviderProc> = Vec::new();
+    for (p, host) in scenario.providers.iter().zip(&provider_hosts) {
+        let pdir = dir.join(format!("provider-{}", p.id));
+        let mut pp = ProviderProc {
+            host: host.clone(),
+            proc: None,
+            dir: pdir,
+        };
+        start_provider(&bench, &mut pp, &p.id)?;
+        providers.push(pp);
+    }
+    let sizes: Vec<u64> = {
+        let mut v: Vec<u64> = scenario
+            .users
+            .iter()
+            .flat_map(|u| u.objects.iter())
+            .map(|o| {
+                let (size, _) = crate::load::parse_weighted(o).map_err(anyhow::Error::msg)?;
+                crate::load::parse_bytes(&size).map_err(anyhow::Error::msg)
+            })
+            .collect::<anyhow::Result<_>>()?;
+        v.sort_unstable();
+        v.dedup();
+        v
+    };
+    let targets: Vec<SocketAddr> = provider_hosts
+        .iter()
+        .map(|h| SocketAddr::from((h.addr, PROVIDER_PORT)))
+        .collect();
+    {
+        let (targets, sizes) = (targets.clone(), sizes.clone());
+        in_ns(&lab, move || async move {
+            for t in &targets {
+                wait_ok(*t, "/_sim/stats").await?;
+                for s in &sizes {
+                    crate::load::store_object(*t, "world.test", &format!("/world/obj-{s}"), *s).await?;
+                }
+                crate::load::store_object(*t, "world.test", "/_probe/bw", PROBE_OBJECT).await?;
+            }
+            Ok(())
+        })?;
+    }
+
+    // The control plane, with the fleet loaded through its API.
+    let cp_bin = sibling_binary("meridian-cp")?;
+    let cp_config = dir.join("cp.toml");
+    std::fs::write(
+        &cp_config,
+        format!(
+            "data_dir = \"cp-data\"\n[admin]\nlisten = \"{a}:{CP_ADMIN}\"\ncert = \"cp.crt\"\nkey = \"cp.key\"\n\
+             [[admin.tokens]]\nname = \"world\"\nsha256 = \"{}\"\n\
+             [push]\nlisten = \"{a}:{CP_PUSH}\"\ncert = \"cp.crt\"\nkey = \"cp.key\"\nclient_ca = \"ca.crt\"\n\
+             [fleet_health]\nmin_edges = 1\nfraction = 0.5\n",
+            meridian_cp::config::hash_token(TOKEN),
+            a = cp_host.addr
+        ),
+    )?;
+    let start_cp = || -> anyhow::Result<Proc> {
+        Proc::spawn(
+            "meridian-cp",
+            netns::command_in(&cp_host, &cp_bin)
+                .args(["serve", "--config"])
+                .arg(&cp_config)
+                .env("MERIDIAN_LOG", "warn"),
+        )
+    };
+    let mut cp = Some(start_cp()?);
+    let target = meridian_cp::client::Target {
+        server: format!("https://{}:{CP_ADMIN}", cp_host.addr),
+        token: TOKEN.into(),
+        ca: Some(dir.join("ca.crt")),
+    };
+    let fleet = scenario.fleet_with(|p| {
+        let i = scenario.providers.iter().position(|x| x.id == p.id).unwrap_or(0);
+        targets[i].to_string()
+    });
+    {
+        let (target, fleet) = (target.clone(), fleet.clone());
+        in_ns(&lab, move || async move {
+            let body = serde_json::to_value(&fleet)?;
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            loop {
+                match meridian_cp::client::call(&target, http::Method::PUT, "/v1/fleet", Some(body.clone())).await {
+                    Ok(_) => return Ok(()),
+                    Err(e) if tokio::time::Instant::now() < deadline => {
+                        tracing::debug!(error = %e, "control plane not up yet");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        })?;
+    }
+
+    // Edges, fed by push, origin by the users' addresses.
+    let edge_bin = sibling_binary("meridian-edge")?;
+    let mut edges = Vec::new();
+    for (edge, host) in scenario.edges.iter().zip(&edge_hosts) {
+        let id = format!("{}.edge.world", edge.name);
+        let leaf = ca.issue(&[&id])?;
+        std::fs::write(dir.join(format!("{id}.crt")), &leaf.cert_pem)?;
+        std::fs::write(dir.join(format!("{id}.key")), &leaf.key_pem)?;
+        let mut cidrs = String::new();
+        for (u, uh) in scenario.users.iter().zip(&user_hosts) {
+            if u.edge == edge.name {
+                cidrs.push_str(&format!(
+                    "[[origin.cidrs]]\ncidr = \"{}/32\"\njurisdiction = \"{}\"\n",
+                    uh.addr, u.origin
+                ));
+            }
+        }
+        let config = dir.join(format!("{id}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "[listeners]\nhttp = \"{a}:{EDGE_PORT}\"\nadmin = \"{a}:{EDGE_ADMIN}\"\n\
+                 [log]\naccess = false\n\
+                 [probes]\nenabled = true\ninterval = \"1s\"\ntimeout = \"2s\"\npath = \"/_probe/rtt\"\n\
+                 bandwidth_path = \"/_probe/bw\"\nbandwidth_interval = \"10s\"\nbandwidth_max_bytes = {PROBE_OBJECT}\n\
+                 [origin]\norder = [\"cidr\"]\n{cidrs}\
+                 [control_plane]\naddress = \"{cp}:{CP_PUSH}\"\nedge_id = \"{id}\"\nca_file = \"ca.crt\"\n\
+                 cert_file = \"{id}.crt\"\nkey_file = \"{id}.key\"\nstate_dir = \"{id}-state\"\n\
+                 reconnect_max = \"2s\"\n",
+                a = host.addr,
+                cp = cp_host.addr
+            ),
+        )?;
+        edges.push(Proc::spawn(
+            &id,
+            netns::command_in(host, &edge_bin)
+                .args(["run", "--config"])
+                .arg(&config)
+                .env("MERIDIAN_LOG", "warn")
+                .stdout(std::process::Stdio::null()),
+        )?);
+    }
+    {
+        let admins: Vec<SocketAddr> = edge_hosts
+            .iter()
+            .map(|h| SocketAddr::from((h.addr, EDGE_ADMIN)))
+            .collect();
+        in_ns(&lab, move || async move {
+            for a in admins {
+                crate::procs::wait_http(a, "/readyz", 200, Duration::from_secs(60)).await?;
+            }
+            Ok(())
+        })?;
+    }
+    // Let probes learn the network before anyone asks.
+    std::thread::sleep(opts.warmup);
+
+    // Users and events, on one clock.
+    let t0 = Instant::now() + Duration::from_millis(200);
+    let mut user_threads = Vec::new();
+    for (gi, (u, uh)) in scenario.users.iter().zip(&user_hosts).enumerate() {
+        let ei = scenario.edges.iter().position(|e| e.name == u.edge).unwrap_or(0);
+        let load = users::Load {
+            group: gi,
+            edge: SocketAddr::from((edge_hosts[ei].addr, EDGE_PORT)),
+            rate: u.rate,
+            sizes: u
+                .objects
+                .iter()
+                .map(|o| {
+                    let (size, w) = crate::load::parse_weighted(o).map_err(anyhow::Error::msg)?;
+                    Ok((crate::load::parse_bytes(&size).map_err(anyhow::Error::msg)?, w))
+                })
+                .collect::<anyhow::Result<_>>()?,
+            duration: scenario.duration.0,
+            connections: ((u.rate / 5.0).ceil() as usize).clamp(4, 64),
+        };
+        let uh = uh.clone();
+        user_threads.push(std::thread::spawn(move || {
+            netns::run_in(&uh, move || users::run(load, t0))
+        }));
+    }
+    let mut events: Vec<_> = scenario.events.iter().enumerate().collect();
+    events.sort_by_key(|e| e.1.at.0);
+    let mut notes: Vec<(usize, String)> = Vec::new();
+    for (i, e) in events {
+        let due = t0 + e.at.0;
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        match &e.what {
+            EventKind::Impair { provider, impair } => {
+                let pi = scenario.providers.iter().position(|p| p.id == *provider).unwrap_or(0);
+                let (t, body) = (targets[pi], serde_json::to_vec(impair)?);
+                in_ns(&lab, move || async move { put_json(t, "/_sim/impair", body).await })?;
+            }
+            EventKind::Provider { provider, action } => {
+                let pi = scenario.providers.iter().position(|p| p.id == *provider).unwrap_or(0);
+                match action {
+                    Action::Kill => kill(providers[pi].proc.take()),
+                    Action::Start => {
+                        start_provider(&bench, &mut providers[pi], provider)?;
+                        let t = targets[pi];
+                        in_ns(&lab, move || async move { wait_ok(t, "/_sim/stats").await })?;
+                    }
+                }
+            }
+            EventKind::ControlPlane { control_plane } => match control_plane {
+                Action::Kill => kill(cp.take()),
+                Action::Start => {
+                    let started = Instant::now();
+                    cp = Some(start_cp()?);
+                    let (target, n) = (target.clone(), scenario.edges.len());
+                    in_ns(&lab, move || async move {
+                        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+                        loop {
+                            if let Ok(v) =
+                                meridian_cp::client::call(&target, http::Method::GET, "/v1/edges", None).await
+                            {
+                                let connected = v["edges"]
+                                    .as_array()
+                                    .map_or(0, |a| a.iter().filter(|e| e["connected"] == true).count());
+                                if connected == n {
+                                    return Ok(());
+                                }
+                            }
+                            anyhow::ensure!(tokio::time::Instant::now() < deadline, "edges did not resubscribe");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    })?;
+                    notes.push((
+                        i,
+                        format!(
+                            "all edges subscribed again {:.0} ms after the restart",
+                            started.elapsed().as_secs_f64() * 1e3
+                        ),
+                    ));
+                }
+            },
+            EventKind::Policy { policy } => {
+                let (target, body) = (target.clone(), serde_json::to_value(policy)?);
+                in_ns(&lab, move || async move {
+                    meridian_cp::client::call(&target, http::Method::PUT, "/v1/policy", Some(body)).await?;
+                    Ok(())
+                })?;
+            }
+        }
+    }
+    let mut records: Vec<Record> = Vec::new();
+    for t in user_threads {
+        let r = t.join().map_err(|_| anyhow::anyhow!("a user thread panicked"))???;
+        records.extend(r);
+    }
+    let probe = {
+        let targets = targets.clone();
+        in_ns(&lab, move || async move {
+            let mut requests = 0u64;
+            let mut bytes = 0u64;
+            for t in targets {
+                if let Ok(v) = get_json(t, "/_sim/stats").await {
+                    requests += v["probe_requests"].as_u64().unwrap_or(0);
+                    bytes += v["probe_bytes"].as_u64().unwrap_or(0);
+                }
+            }
+            Ok((requests, bytes))
+        })?
+    };
+    for e in edges {
+        drop(e);
+    }
+    drop(cp);
+    drop(providers);
+
+    let judged = judge(&scenario, &fleet, &one_way, &records);
+    Ok(report::render(
+        &scenario,
+        &opts.scenario,
+        &judged,
+        &notes,
+        probe,
+        opts.warmup,
+    ))
+}
+
+fn start_provider(bench: &Path, pp: &mut ProviderProc, id: &str) -> anyhow::Result<()> {
+    pp.proc = Some(Proc::spawn(
+        id,
+        netns::command_in(&pp.host, bench)
+            .args([
+                "upstream",
+                "--addr",
+                &format!("0.0.0.0:{PROVIDER_PORT}"),
+                "--name",
+                id,
+                "--dir",
+            ])
+            .arg(&pp.dir),
+    )?);
+    Ok(())
+}
+
+fn kill(p: Option<Proc>) {
+    if let Some(mut p) = p {
+        let _ = nix::sys::signal::kill(p.pid(), nix::sys::signal::Signal::SIGKILL);
+        let _ = p.child.wait();
+    }
+}
+
+async fn wait_ok(addr: SocketAddr, path: &str) -> anyhow::Result<()> {
+    crate::procs::wait_http(addr, path, 200, Duration::from_secs(30)).await
+}
+
+async fn put_json(addr: SocketAddr, path: &str, body: Vec<u8>) -> anyhow::Result<()> {
+    use http_body_util::{BodyExt, Full};
+    let mut send = crate::procs::h1_client(addr).await?;
+    let req = http::Request::put(path)
+        .header("host", "world.test")
+        .body(Full::new(bytes::Bytes::from(body)))?;
+    let resp = send.send_request(req).await?;
+    anyhow::ensure!(resp.status().is_success(), "PUT {path}: {}", resp.status());
+    resp.into_body().collect().await?;
+    Ok(())
+}
+
+async fn get_json(addr: SocketAddr, path: &str) -> anyhow::Result<serde_json::Value> {
+    use http_body_util::{BodyExt, Empty};
+    let mut send = crate::procs::h1_client(addr).await?;
+    let req = http::Request::get(path)
+        .header("host", "world.test")
+        .body(Empty::<bytes::Bytes>::new())?;
+    let resp = send.send_request(req).await?;
+    let body = resp.into_body().collect().await?.to_bytes();
+    Ok(serde_json::from_slice(&body)?)
+}
+
+/// What held at one moment, for the judge.
+#[derive(Clone)]
+struct State {
+    policy: Policy,
+    down: Vec<bool>,
+    impair: Vec<Impairments>,
+}
+
+/// Applies the events up to `t`.
+fn state_at(s: &Scenario, t: Duration) -> State {
+    let mut st = State {
+        policy: s.fleet.policy.clone(),
+        down: vec![false; s.providers.len()],
+        impair: vec![Impairments::default(); s.providers.len()],
+    };
+    let mut events: Vec<_> = s.events.iter().collect();
+    events.sort_by_key(|e| e.at.0);
+    for e in events.into_iter().filter(|e| e.at.0 <= t) {
+        match &e.what {
+            EventKind::Impair { provider, impair } => {
+                if let Some(i) = s.providers.iter().position(|p| p.id == *provider) {
+                    st.impair[i] = *impair;
+                }
+            }
+            EventKind::Provider { provider, action } => {
+                if let Some(i) = s.providers.iter().position(|p| p.id == *provider) {
+                    st.down[i] = *action == Action::Kill;
+                }
+            }
+            EventKind::Policy { policy } => st.policy = policy.clone(),
+            EventKind::ControlPlane { .. } => {}
+        }
+    }
+    st
+}
+
+/// Provider indices the policy allows for `origin`.
+fn allowed(fleet: &Fleet, policy: &Policy, origin: meridian_proto::Jurisdiction) -> Vec<usize> {
+    let mut f = fleet.clone();
+    f.policy = policy.clone();
+    match CompiledPolicy::compile(&f).evaluate(Some(origin)) {
+        Verdict::Denied => Vec::new(),
+        Verdict::Allowed { providers, .. } => providers.iter().collect(),
+    }
+}
+
+/// Round trips to deliver `size` bytes on a connection starting from the initial
+/// congestion window (10 segments), doubling each round.
+fn rounds(size: u64) -> f64 {
+    let (mut window, mut sent, mut r) = (10.0 * 1448.0, 0.0, 1.0);
+    while sent + window < size as f64 {
+        sent += window;
+        window *= 2.0;
+        r += 1.0;
+    }
+    r
+}
+
+/// Bytes per second of a `tc` rate such as `100mbit`; `None` when unparsable.
+fn rate_bps(rate: &str) -> Option<f64> {
+    let r = rate.trim().to_ascii_lowercase();
+    let (num, mult) = if let Some(n) = r.strip_suffix("gbit") {
+        (n, 1e9 / 8.0)
+    } else if let Some(n) = r.strip_suffix("mbit") {
+        (n, 1e6 / 8.0)
+    } else if let Some(n) = r.strip_suffix("kbit") {
+        (n, 1e3 / 8.0)
+    } else {
+        (r.as_str(), 1.0)
+    };
+    num.trim().parse::<f64>().ok().map(|n| n * mult)
+}
+
+/// Judges every request: residency, and the oracle's completion time for it.
+fn judge(s: &Scenario, fleet: &Fleet, one_way: &HashMap<(usize, usize), Duration>, records: &[Record]) -> Judged {
+    let mut judged = Judged::default();
+    for r in records {
+        let user = &s.users[r.group];
+        let ei = s.edges.iter().position(|e| e.name == user.edge).unwrap_or(0);
+        let start = state_at(s, r.start);
+        let end = state_at(s, r.start + r.took);
+        let served = r
+            .provider
+            .as_ref()
+            .and_then(|id| s.providers.iter().position(|p| p.id == *id));
+        if r.status != 200 {
+            judged.failed.push(r.clone());
+            continue;
+        }
+        let Some(pi) = served else {
+            judged.failed.push(r.clone());
+            continue;
+        };
+        let ok_start = allowed(fleet, &start.policy, user.origin);
+        let ok_end = allowed(fleet, &end.policy, user.origin);
+        if !ok_start.contains(&pi) && !ok_end.contains(&pi) {
+            judged.violations.push(r.clone());
+        }
+        // The oracle changes only the choice: the same request, the same user-edge
+        // path, the provider that the true delays make best.
+        let cost = |p: usize| -> f64 {
+            let rtt = 2.0 * one_way.get(&(ei, p)).map_or(0.0, Duration::as_secs_f64);
+            let bw = s.providers[p].bandwidth.as_deref().and_then(rate_bps);
+            rounds(r.size) * rtt + start.impair[p].latency_ms as f64 / 1e3 + bw.map_or(0.0, |b| r.size as f64 / b)
+        };
+        let best = ok_start
+            .iter()
+            .copied()
+            .filter(|&p| !start.down[p] && start.impair[p].error_rate < 0.5)
+            .map(cost)
+            .fold(f64::INFINITY, f64::min);
+        let took = r.took.as_secs_f64();
+        let oracle = if best.is_finite() {
+            (took - (cost(pi) - best).max(0.0)).max(0.0)
+        } else {
+            took
+        };
+        judged.ok.push((r.clone(), oracle));
+    }
+    judged
+}

@@ -1,0 +1,106 @@
+//! `meridian-bench world` end to end on a tiny scenario: namespaces, delay on the
+//! wire, the real control plane and edges, an event of each kind, and the report.
+//! Needs root, iproute2 and Debian's iptables (scripts/test installs them).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+const SCENARIO: &str = r#"
+name = "tiny"
+duration = "6s"
+control_plane = { at = [50.11, 8.68] }
+[[edges]]
+name = "fra"
+at = [50.11, 8.68]
+[[edges]]
+name = "iad"
+at = [39.04, -77.49]
+[[providers]]
+id = "de-1"
+jurisdiction = "DE"
+at = [50.1, 8.7]
+[[providers]]
+id = "fr-1"
+jurisdiction = "FR"
+at = [48.86, 2.35]
+[[providers]]
+id = "us-1"
+jurisdiction = "US"
+at = [39.0, -77.5]
+[[users]]
+name = "eu"
+origin = "DE"
+edge = "fra"
+at = [52.5, 13.4]
+rate = 20
+objects = ["4KiB"]
+[[users]]
+name = "us"
+origin = "US"
+edge = "iad"
+at = [40.7, -74.0]
+rate = 20
+objects = ["4KiB"]
+[fleet.policy]
+rules = [
+  { name = "eu", origin = "DE", allow = ["DE", "FR"] },
+  { name = "us", origin = "US", allow = ["US"] },
+]
+[[events]]
+at = "1s"
+provider = "de-1"
+action = "kill"
+[[events]]
+at = "2s"
+control_plane = "kill"
+[[events]]
+at = "3s"
+control_plane = "start"
+[[events]]
+at = "4s"
+policy = { rules = [ { name = "eu", origin = "DE", allow = ["FR"] }, { name = "us", origin = "US", allow = ["US"] } ] }
+"#;
+
+#[test]
+fn a_tiny_world_runs_with_no_residency_violation_and_reports_every_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tiny.toml");
+    std::fs::write(&file, SCENARIO).unwrap();
+    let report = meridian_bench::world::run(&meridian_bench::world::WorldOptions {
+        scenario: file,
+        warmup: Duration::from_secs(2),
+    })
+    .unwrap();
+    assert!(report.contains("| **residency violations** | **0** |"), "{report}");
+    // The Frankfurt-Berlin path is short, Virginia-New York too: both groups are
+    // served, by providers their policy allows.
+    let eu = report.lines().find(|l| l.starts_with("| eu |")).unwrap();
+    assert!(!eu.contains("us-1"), "{eu}");
+    let us = report.lines().find(|l| l.starts_with("| us |")).unwrap();
+    assert!(us.contains("us-1 100 %"), "{us}");
+    for event in [
+        "de-1 dies",
+        "control plane killed",
+        "control plane restarted",
+        "policy changed",
+    ] {
+        assert!(report.contains(event), "no row for `{event}`:\n{report}");
+    }
+    assert!(report.contains("all edges subscribed again"), "{report}");
+    let line = report
+        .lines()
+        .find(|l| l.starts_with("| requests (200 / failed)"))
+        .unwrap();
+    let ok: u64 = line
+        .split('|')
+        .nth(2)
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(ok >= 200, "{line}");
+}
