@@ -61,3 +61,22 @@ fn delay_applies_to_the_handshake_and_every_packet_and_changes_while_running() {
         "{connect:?} {rtt:?}"
     );
 }
+
+#[test]
+fn loss_drops_what_a_host_sends() {
+    let mut net = netns::Network::new().unwrap();
+    let a = net.add_host().unwrap();
+    let b = net.add_host().unwrap();
+    let listener = netns::run_in(&b, || std::net::TcpListener::bind("0.0.0.0:7001").unwrap()).unwrap();
+    std::thread::spawn(move || for _ in listener.incoming() {});
+    let target = std::net::SocketAddr::from((b.addr, 7001));
+    let connect = move || std::net::TcpStream::connect_timeout(&target, Duration::from_millis(500)).is_ok();
+    assert!(netns::run_in(&a, connect).unwrap(), "reachable without loss");
+    net.set_loss(&b, 100).unwrap();
+    assert!(
+        !netns::run_in(&a, connect).unwrap(),
+        "everything b sends is lost: no SYN-ACK"
+    );
+    net.set_loss(&b, 0).unwrap();
+    assert!(netns::run_in(&a, connect).unwrap(), "reachable again");
+}

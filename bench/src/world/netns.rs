@@ -108,6 +108,36 @@ impl Network {
     }
 }
 
+impl Network {
+    /// Drops `percent` of what `host` sends, at random (nftables `numgen`).
+    pub fn set_loss(&self, host: &Host, percent: u32) -> anyhow::Result<()> {
+        let rule = match percent {
+            100.. => "oifname \"eth0\" drop".to_owned(),
+            p => format!("oifname \"eth0\" numgen random mod 100 < {p} drop"),
+        };
+        let script = format!(
+            "table inet world_loss\ndelete table inet world_loss\n\
+             table inet world_loss {{\n  chain out {{\n    type filter hook output priority 0; policy accept;\n    \
+             {rule}\n  }}\n}}\n"
+        );
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &host.netns, "nft", "-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .context("running nft (Debian nftables)")?;
+        if let Some(mut stdin) = child.stdin.take() {
+            use std::io::Write;
+            stdin.write_all(script.as_bytes())?;
+        }
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            bail!("nft in {}: {}", host.netns, String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(())
+    }
+}
+
 impl Drop for Network {
     fn drop(&mut self) {
         for h in &self.hosts {

@@ -164,6 +164,21 @@ pub fn render(
         let _ = writeln!(out, "|---:|---|---|");
         for (i, e) in s.events.iter().enumerate() {
             let at = e.at.0;
+            // Reactions are judged until the next event about the same provider.
+            let until = |provider: &str| {
+                s.events
+                    .iter()
+                    .filter(|x| x.at.0 > at)
+                    .filter(|x| match &x.what {
+                        EventKind::Impair { provider: p, .. } | EventKind::Provider { provider: p, .. } => {
+                            p == provider
+                        }
+                        _ => false,
+                    })
+                    .map(|x| x.at.0)
+                    .min()
+                    .unwrap_or(s.duration.0)
+            };
             let (what, reaction) = match &e.what {
                 EventKind::Impair { provider, impair } if *impair == meridian_sim::Impairments::default() => {
                     (format!("{provider} recovers"), first_use(j, provider, at))
@@ -173,12 +188,12 @@ pub fn render(
                         "{provider} impaired {}",
                         serde_json::to_string(impair).unwrap_or_default()
                     ),
-                    last_use(j, provider, at),
+                    last_use(j, provider, at, until(provider)),
                 ),
                 EventKind::Provider {
                     provider,
                     action: Action::Kill,
-                } => (format!("{provider} dies"), last_use(j, provider, at)),
+                } => (format!("{provider} dies"), last_use(j, provider, at, until(provider))),
                 EventKind::Provider {
                     provider,
                     action: Action::Start,
@@ -209,22 +224,27 @@ pub fn render(
     out
 }
 
-/// After `at`, when `provider` was last used (served, or a request failed on the
-/// way): how long the edges took to stop using it.
-fn last_use(j: &Judged, provider: &str, at: Duration) -> String {
+/// Between `at` and `until`, when `provider` last served a request that started
+/// after the event although the oracle would have chosen another, and how many
+/// requests failed: how long the edges took to stop using it where it was wrong.
+/// (A slowed provider can still be the right choice for some sizes.)
+fn last_use(j: &Judged, provider: &str, at: Duration, until: Duration) -> String {
+    let window = |r: &&Record| r.start >= at && r.start < until;
     let last =
         j.ok.iter()
+            .filter(|(r, oracle)| *oracle < r.took.as_secs_f64() - 1e-6)
             .map(|(r, _)| r)
-            .filter(|r| r.start >= at && r.provider.as_deref() == Some(provider))
-            .chain(j.failed.iter().filter(|r| r.start >= at))
+            .filter(window)
+            .filter(|r| r.provider.as_deref() == Some(provider))
             .map(|r| r.start + r.took)
             .max();
+    let failed = j.failed.iter().filter(window).count();
     match last {
         Some(t) => format!(
-            "last request touching it ended {:.0} ms after",
+            "last request it served where another was better ended {:.0} ms after; {failed} failed",
             (t - at).as_secs_f64() * 1e3
         ),
-        None => "no request touched it after the event".into(),
+        None => format!("no request it served after the event had a better choice; {failed} failed"),
     }
 }
 

@@ -67,6 +67,9 @@ pub fn run(opts: &WorldOptions) -> anyhow::Result<String> {
         "the world simulator needs root (network namespaces, iptables)"
     );
     ensure_installed("iptables-legacy", "iptables")?;
+    if scenario.providers.iter().any(|p| p.loss_percent > 0) {
+        ensure_installed("nft", "nftables")?;
+    }
     let work = tempfile::tempdir()?;
     let dir = work.path();
     let mut net = Network::new()?;
@@ -90,6 +93,9 @@ pub fn run(opts: &WorldOptions) -> anyhow::Result<String> {
     for (p, host) in scenario.providers.iter().zip(&provider_hosts) {
         if let Some(rate) = &p.bandwidth {
             net.cap_bandwidth(host, rate)?;
+        }
+        if p.loss_percent > 0 {
+            net.set_loss(host, p.loss_percent)?;
         }
     }
 

@@ -104,6 +104,9 @@ pub struct ProviderSpec {
     /// Uplink cap for `tc tbf`, e.g. `"100mbit"`; none when absent.
     #[serde(default)]
     pub bandwidth: Option<String>,
+    /// Percentage of its packets lost on the way out (nftables), 0 to 100.
+    #[serde(default)]
+    pub loss_percent: u32,
 }
 
 /// Users near one edge, all of one origin.
@@ -209,6 +212,9 @@ impl Scenario {
             );
             anyhow::ensure!(u.rate > 0.0, "users[{i}].rate: must be above zero");
             anyhow::ensure!(!u.objects.is_empty(), "users[{i}].objects: at least one size");
+        }
+        for (i, p) in self.providers.iter().enumerate() {
+            anyhow::ensure!(p.loss_percent <= 100, "providers[{i}].loss_percent: 0 to 100");
         }
         for (i, e) in self.events.iter().enumerate() {
             let provider = match &e.what {
