@@ -446,6 +446,9 @@ pub struct UpstreamConfig {
     pub max_idle_per_provider: u32,
     /// PEM bundle of CAs trusted for TLS providers; system roots when absent.
     pub ca_file: Option<PathBuf>,
+    /// Local address provider connections leave from (a multi-homed edge choosing
+    /// its egress); the kernel's choice when absent.
+    pub source_address: Option<IpAddr>,
 }
 
 impl Default for UpstreamConfig {
@@ -457,6 +460,7 @@ impl Default for UpstreamConfig {
             pool_idle_timeout: HumanDuration(Duration::from_secs(90)),
             max_idle_per_provider: 64,
             ca_file: None,
+            source_address: None,
         }
     }
 }

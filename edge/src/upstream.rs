@@ -153,6 +153,7 @@ impl ProviderPool {
         let connector_with = |slots: usize| {
             Connector(Arc::new(ConnectorInner {
                 address: spec.endpoint.address.clone(),
+                source: cfg.source_address,
                 tls: tls.clone(),
                 h2,
                 timeout: cfg.connect_timeout.0,
@@ -418,6 +419,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 #[derive(Debug)]
 struct ConnectorInner {
     address: String,
+    source: Option<std::net::IpAddr>,
     tls: Option<(Arc<ClientConfig>, ServerName<'static>)>,
     h2: bool,
     timeout: Duration,
@@ -475,7 +477,10 @@ impl Connector {
 }
 
 async fn connect(inner: &ConnectorInner) -> io::Result<Stream> {
-    let tcp = TcpStream::connect(inner.address.as_str()).await?;
+    let tcp = match inner.source {
+        None => TcpStream::connect(inner.address.as_str()).await?,
+        Some(source) => connect_from(source, &inner.address).await?,
+    };
     tcp.set_nodelay(true)?;
     match &inner.tls {
         None => Ok(Stream::Plain(tcp)),
@@ -487,6 +492,33 @@ async fn connect(inner: &ConnectorInner) -> io::Result<Stream> {
             Ok(Stream::Tls(Box::new(tls)))
         }
     }
+}
+
+/// Connects to `address` from the local address `source`, trying each resolved
+/// address of the same family.
+async fn connect_from(source: std::net::IpAddr, address: &str) -> io::Result<TcpStream> {
+    let mut last = None;
+    for addr in tokio::net::lookup_host(address).await? {
+        if addr.is_ipv4() != source.is_ipv4() {
+            continue;
+        }
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.bind(std::net::SocketAddr::new(source, 0))?;
+        match socket.connect(addr).await {
+            Ok(s) => return Ok(s),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::AddrNotAvailable,
+            format!("{address} has no address of the family of upstream.source_address {source}"),
+        )
+    }))
 }
 
 #[derive(Debug)]

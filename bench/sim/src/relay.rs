@@ -8,15 +8,16 @@
 //! the TCP handshake with the relay itself, a bare `connect()` sees no delay: time an
 //! application round trip instead (the edge's probes do).
 
+use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -58,18 +59,53 @@ impl DelayRelay {
         delay: Duration,
         bytes_per_sec: Option<u64>,
     ) -> io::Result<DelayRelay> {
-        let listener = TcpListener::bind(listen).await?;
-        let addr = listener.local_addr()?;
         let delay_us = Arc::new(AtomicU64::new(delay.as_micros() as u64));
         let d = delay_us.clone();
+        Self::serve(listen, target, None, bytes_per_sec, delay_us, move |_| d.clone()).await
+    }
+
+    /// A relay whose delay depends on who connects: `delays` by the client's
+    /// address (fixed per connection, at accept), `default` for others. It connects
+    /// to `target` from `source` when given, so the target can tell relayed clients
+    /// apart.
+    pub async fn bind_per_peer(
+        listen: SocketAddr,
+        target: SocketAddr,
+        delays: Arc<Mutex<HashMap<IpAddr, Duration>>>,
+        default: Duration,
+        source: Option<IpAddr>,
+    ) -> io::Result<DelayRelay> {
+        let delay_us = Arc::new(AtomicU64::new(default.as_micros() as u64));
+        Self::serve(listen, target, source, None, delay_us, move |peer| {
+            let d = delays
+                .lock()
+                .ok()
+                .and_then(|m| m.get(&peer).copied())
+                .unwrap_or(default);
+            Arc::new(AtomicU64::new(d.as_micros() as u64))
+        })
+        .await
+    }
+
+    async fn serve(
+        listen: SocketAddr,
+        target: SocketAddr,
+        source: Option<IpAddr>,
+        bytes_per_sec: Option<u64>,
+        delay_us: Arc<AtomicU64>,
+        delay_for: impl Fn(IpAddr) -> Arc<AtomicU64> + Send + Sync + 'static,
+    ) -> io::Result<DelayRelay> {
+        let listener = TcpListener::bind(listen).await?;
+        let addr = listener.local_addr()?;
+        let delay_for = Arc::new(delay_for);
         let task = tokio::spawn(async move {
             loop {
-                let Ok((client, _)) = listener.accept().await else {
+                let Ok((client, peer)) = listener.accept().await else {
                     continue;
                 };
-                let d = d.clone();
+                let d = delay_for(peer.ip());
                 tokio::spawn(async move {
-                    let Ok(server) = TcpStream::connect(target).await else {
+                    let Ok(server) = connect_from(source, target).await else {
                         return;
                     };
                     let _ = client.set_nodelay(true);
@@ -87,6 +123,19 @@ impl DelayRelay {
     pub fn set_delay(&self, delay: Duration) {
         self.delay_us.store(delay.as_micros() as u64, Ordering::Relaxed);
     }
+}
+
+async fn connect_from(source: Option<IpAddr>, target: SocketAddr) -> io::Result<TcpStream> {
+    let Some(source) = source else {
+        return TcpStream::connect(target).await;
+    };
+    let socket = if target.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.bind(SocketAddr::new(source, 0))?;
+    socket.connect(target).await
 }
 
 async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, delay_us: Arc<AtomicU64>, rate: Option<u64>) {
