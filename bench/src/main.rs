@@ -103,6 +103,10 @@ enum Cmd {
         /// Also write the report to this file.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// `namespaces` (delay on the wire; root), `loopback` (delay relays), or
+        /// `auto`: namespaces when they can be made here.
+        #[arg(long, default_value = "auto", value_parser = ["auto", "namespaces", "loopback"])]
+        network: String,
     },
     /// Subscribe many lightweight edge clients to one real control plane and time
     /// API change -> ACK, and control-plane memory per edge. Build with --release.
@@ -164,10 +168,21 @@ fn main() -> ExitCode {
     let result = rt.block_on(async {
         match cli.command {
             Cmd::Dev { dir, disk } => dev::run(dev::DevOptions { dir, disk }).await,
-            Cmd::World { scenario, warmup, out } => {
+            Cmd::World {
+                scenario,
+                warmup,
+                out,
+                network,
+            } => {
+                use meridian_bench::world::run::NetworkMode;
                 let opts = meridian_bench::world::WorldOptions {
                     scenario,
                     warmup: Duration::from_secs(warmup),
+                    network: match network.as_str() {
+                        "namespaces" => NetworkMode::Namespaces,
+                        "loopback" => NetworkMode::Loopback,
+                        _ => NetworkMode::Auto,
+                    },
                 };
                 let report = tokio::task::spawn_blocking(move || meridian_bench::world::run(&opts)).await??;
                 if let Some(out) = out {

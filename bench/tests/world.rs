@@ -6,6 +6,8 @@
 
 use std::time::Duration;
 
+use meridian_bench::world::run::NetworkMode;
+
 const SCENARIO: &str = r#"
 name = "tiny"
 duration = "6s"
@@ -62,16 +64,33 @@ at = "4s"
 policy = { rules = [ { name = "eu", origin = "DE", allow = ["FR"] }, { name = "us", origin = "US", allow = ["US"] } ] }
 "#;
 
-#[test]
-fn a_tiny_world_runs_with_no_residency_violation_and_reports_every_event() {
+fn tiny(network: NetworkMode) -> String {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("tiny.toml");
     std::fs::write(&file, SCENARIO).unwrap();
-    let report = meridian_bench::world::run(&meridian_bench::world::WorldOptions {
+    meridian_bench::world::run(&meridian_bench::world::WorldOptions {
         scenario: file,
         warmup: Duration::from_secs(2),
+        network,
     })
-    .unwrap();
+    .unwrap()
+}
+
+#[test]
+fn a_tiny_world_in_namespaces_has_no_residency_violation_and_reports_every_event() {
+    let report = tiny(NetworkMode::Namespaces);
+    assert!(report.contains("NFQUEUE"), "{report}");
+    check(&report);
+}
+
+#[test]
+fn the_loopback_fallback_runs_the_same_world_and_says_so() {
+    let report = tiny(NetworkMode::Loopback);
+    assert!(report.contains("loopback addresses with delay relays"), "{report}");
+    check(&report);
+}
+
+fn check(report: &str) {
     assert!(report.contains("| **residency violations** | **0** |"), "{report}");
     // The Frankfurt-Berlin path is short, Virginia-New York too: both groups are
     // served, by providers their policy allows.

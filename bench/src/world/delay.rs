@@ -108,7 +108,11 @@ pub fn start(hosts: Vec<(Host, Delays)>) -> anyhow::Result<DelayHolder> {
             .spawn(move || {
                 let mut queues = Vec::new();
                 for (host, delays) in &hosts {
-                    match open_in(&host.netns) {
+                    let Some(netns) = &host.netns else {
+                        let _ = ready_tx.send(Err(anyhow::anyhow!("{} has no namespace", host.addr)));
+                        return;
+                    };
+                    match open_in(netns) {
                         Ok(q) => queues.push((q, delays.clone())),
                         Err(e) => {
                             let _ = ready_tx.send(Err(e));

@@ -2,8 +2,11 @@
 //! edge, each provider, the users of each edge), joined by veth pairs to one bridge in
 //! a hub namespace, addresses 10.77.0.0/16. Everything is created with `ip` and
 //! removed on drop; names carry the simulator's process id so two runs never collide.
-//!
 //! Needs root (or CAP_NET_ADMIN and CAP_SYS_ADMIN).
+//!
+//! Where namespaces are unavailable, [`Network::loopback`] gives each party its own
+//! loopback address (127.77.0.0/16) in the one namespace there is; delay then comes
+//! from relays, not from the wire.
 
 use std::net::Ipv4Addr;
 use std::process::Command;
@@ -22,20 +25,21 @@ fn ip(args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A set of namespaces on one bridge.
+/// A set of namespaces on one bridge, or loopback addresses.
 #[derive(Debug)]
 pub struct Network {
     prefix: String,
-    hub: String,
+    /// The hub namespace; `None` for a loopback network.
+    hub: Option<String>,
     hosts: Vec<Host>,
 }
 
-/// One party's namespace.
+/// One party: its namespace and address.
 #[derive(Debug, Clone)]
 pub struct Host {
-    /// Namespace name (for `ip netns exec`).
-    pub netns: String,
-    /// Its address on the bridge.
+    /// Namespace name (for `ip netns exec`); `None` on a loopback network.
+    pub netns: Option<String>,
+    /// Its address.
     pub addr: Ipv4Addr,
 }
 
@@ -47,7 +51,7 @@ impl Network {
         ip(&["netns", "add", &hub])?;
         let net = Network {
             prefix,
-            hub: hub.clone(),
+            hub: Some(hub.clone()),
             hosts: Vec::new(),
         };
         ip(&["-n", &hub, "link", "add", "br0", "type", "bridge"])?;
@@ -55,52 +59,80 @@ impl Network {
         Ok(net)
     }
 
-    /// Adds a namespace with one interface on the bridge.
+    /// Whether namespaces can be made here (root, and `ip netns` works).
+    pub fn namespaces_available() -> bool {
+        if !nix::unistd::Uid::effective().is_root() {
+            return false;
+        }
+        let probe = format!("mw{}-probe", std::process::id());
+        let ok = ip(&["netns", "add", &probe]).is_ok();
+        let _ = ip(&["netns", "del", &probe]);
+        ok
+    }
+
+    /// Parties on loopback addresses 127.77.0.0/16, no namespaces.
+    pub fn loopback() -> Network {
+        Network {
+            prefix: String::new(),
+            hub: None,
+            hosts: Vec::new(),
+        }
+    }
+
+    /// Whether this is a loopback network.
+    pub fn is_loopback(&self) -> bool {
+        self.hub.is_none()
+    }
+
+    /// Adds a party: a namespace with one interface on the bridge, or the next
+    /// loopback address.
     pub fn add_host(&mut self) -> anyhow::Result<Host> {
         let n = self.hosts.len() + 1;
         anyhow::ensure!(n < 60_000, "too many hosts");
+        let Some(hub) = self.hub.clone() else {
+            let host = Host {
+                netns: None,
+                addr: Ipv4Addr::new(127, 77, (n / 250) as u8, (n % 250 + 1) as u8),
+            };
+            self.hosts.push(host.clone());
+            return Ok(host);
+        };
         let netns = format!("{}-{n}", self.prefix);
         let addr = Ipv4Addr::new(10, 77, (n / 250) as u8, (n % 250 + 1) as u8);
         ip(&["netns", "add", &netns])?;
         // Registered before the links exist, so a failure below still cleans up.
         self.hosts.push(Host {
-            netns: netns.clone(),
+            netns: Some(netns.clone()),
             addr,
         });
         let outside = format!("v{}-{n}", std::process::id() % 100_000);
         ip(&[
             "link", "add", &outside, "type", "veth", "peer", "name", "eth0", "netns", &netns,
         ])?;
-        ip(&["link", "set", &outside, "netns", &self.hub])?;
-        ip(&["-n", &self.hub, "link", "set", &outside, "master", "br0", "up"])?;
+        ip(&["link", "set", &outside, "netns", &hub])?;
+        ip(&["-n", &hub, "link", "set", &outside, "master", "br0", "up"])?;
         ip(&["-n", &netns, "addr", "add", &format!("{addr}/16"), "dev", "eth0"])?;
         ip(&["-n", &netns, "link", "set", "eth0", "up"])?;
         ip(&["-n", &netns, "link", "set", "lo", "up"])?;
-        Ok(Host { netns, addr })
+        Ok(Host {
+            netns: Some(netns),
+            addr,
+        })
     }
 
     /// Caps what `host` sends at `rate` (e.g. `100mbit`) with `tc tbf`.
     pub fn cap_bandwidth(&self, host: &Host, rate: &str) -> anyhow::Result<()> {
+        let netns = namespace_of(host)?;
         let out = Command::new("ip")
             .args([
-                "netns",
-                "exec",
-                &host.netns,
-                "tc",
-                "qdisc",
-                "replace",
-                "dev",
-                "eth0",
-                "root",
-                "tbf",
+                "netns", "exec", netns, "tc", "qdisc", "replace", "dev", "eth0", "root", "tbf",
             ])
             .args(["rate", rate, "burst", "64kbit", "latency", "400ms"])
             .output()
             .context("running tc")?;
         if !out.status.success() {
             bail!(
-                "tc tbf {rate} on {}: {}",
-                host.netns,
+                "tc tbf {rate} on {netns}: {}",
                 String::from_utf8_lossy(&out.stderr).trim()
             );
         }
@@ -111,6 +143,7 @@ impl Network {
 impl Network {
     /// Drops `percent` of what `host` sends, at random (nftables `numgen`).
     pub fn set_loss(&self, host: &Host, percent: u32) -> anyhow::Result<()> {
+        let netns = namespace_of(host)?;
         let rule = match percent {
             100.. => "oifname \"eth0\" drop".to_owned(),
             p => format!("oifname \"eth0\" numgen random mod 100 < {p} drop"),
@@ -121,7 +154,7 @@ impl Network {
              {rule}\n  }}\n}}\n"
         );
         let mut child = Command::new("ip")
-            .args(["netns", "exec", &host.netns, "nft", "-f", "-"])
+            .args(["netns", "exec", netns, "nft", "-f", "-"])
             .stdin(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
@@ -132,7 +165,7 @@ impl Network {
         }
         let out = child.wait_with_output()?;
         if !out.status.success() {
-            bail!("nft in {}: {}", host.netns, String::from_utf8_lossy(&out.stderr).trim());
+            bail!("nft in {netns}: {}", String::from_utf8_lossy(&out.stderr).trim());
         }
         Ok(())
     }
@@ -141,24 +174,39 @@ impl Network {
 impl Drop for Network {
     fn drop(&mut self) {
         for h in &self.hosts {
-            let _ = ip(&["netns", "del", &h.netns]);
+            if let Some(n) = &h.netns {
+                let _ = ip(&["netns", "del", n]);
+            }
         }
-        let _ = ip(&["netns", "del", &self.hub]);
+        if let Some(hub) = &self.hub {
+            let _ = ip(&["netns", "del", hub]);
+        }
     }
 }
 
-/// A command run inside `host`'s namespace.
+fn namespace_of(host: &Host) -> anyhow::Result<&str> {
+    host.netns
+        .as_deref()
+        .ok_or_else(|| anyhow::anyhow!("{} is on loopback: no namespace to shape", host.addr))
+}
+
+/// A command run inside `host`'s namespace (or directly, on loopback).
 pub fn command_in(host: &Host, program: &std::path::Path) -> Command {
-    let mut c = Command::new("ip");
-    c.args(["netns", "exec", &host.netns]).arg(program);
-    c
+    match &host.netns {
+        Some(n) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", n]).arg(program);
+            c
+        }
+        None => Command::new(program),
+    }
 }
 
 /// Runs `iptables-legacy ARGS` inside `host` (the kernel's nft lacks the queue
 /// target; the legacy tables have it).
 pub fn iptables(host: &Host, args: &[&str]) -> anyhow::Result<()> {
     let out = Command::new("ip")
-        .args(["netns", "exec", &host.netns, "iptables-legacy"])
+        .args(["netns", "exec", namespace_of(host)?, "iptables-legacy"])
         .args(args)
         .output()
         .context("running iptables-legacy (Debian iptables)")?;
@@ -173,18 +221,21 @@ pub fn iptables(host: &Host, args: &[&str]) -> anyhow::Result<()> {
 }
 
 /// Runs `f` on a new thread that has entered `host`'s namespace: every socket it
-/// opens lives there (and stays there when handed to another thread).
+/// opens lives there (and stays there when handed to another thread). On loopback,
+/// just a new thread.
 pub fn run_in<T: Send + 'static>(host: &Host, f: impl FnOnce() -> T + Send + 'static) -> anyhow::Result<T> {
-    let path = format!("/run/netns/{}", host.netns);
+    let path = host.netns.as_ref().map(|n| format!("/run/netns/{n}"));
     std::thread::Builder::new()
-        .name(format!("in-{}", host.netns))
+        .name(format!("in-{}", host.addr))
         .spawn(move || -> anyhow::Result<T> {
-            let file = std::fs::File::open(&path).with_context(|| format!("opening {path}"))?;
-            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
-                .with_context(|| format!("entering {path}"))?;
+            if let Some(path) = path {
+                let file = std::fs::File::open(&path).with_context(|| format!("opening {path}"))?;
+                nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .with_context(|| format!("entering {path}"))?;
+            }
             Ok(f())
         })
         .context("starting a thread")?
         .join()
-        .map_err(|_| anyhow::anyhow!("the thread in {} panicked", host.netns))?
+        .map_err(|_| anyhow::anyhow!("the thread for {} panicked", host.addr))?
 }

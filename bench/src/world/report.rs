@@ -52,16 +52,15 @@ pub fn render(
     notes: &[(usize, String)],
     probe: (u64, u64),
     warmup: Duration,
+    network: &str,
 ) -> String {
     let mut out = String::new();
     let ms = |x: f64| x * 1e3;
     let _ = writeln!(out, "# World: {}\n", s.name);
     let _ = writeln!(
         out,
-        "Scenario `{}`, {} s of load after {} s of probing. Network: one Linux network namespace per party on a \
-         bridge; one-way delay = great-circle distance / {} km/ms + {} ms, applied to packets on the wire by an \
-         NFQUEUE holder in each edge's namespace (handshakes included); provider uplinks capped with `tc tbf` where \
-         the scenario says so. Real `meridian-cp`, `meridian-edge` and simulated providers.\n",
+        "Scenario `{}`, {} s of load after {} s of probing. One-way delay = great-circle distance / {} km/ms + \
+         {} ms. Network: {network}. Real `meridian-cp`, `meridian-edge` and simulated providers.\n",
         file.display(),
         s.duration.0.as_secs(),
         warmup.as_secs(),

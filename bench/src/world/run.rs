@@ -28,6 +28,18 @@ const TOKEN: &str = "world-token";
 /// Probe object size (bandwidth probes read it).
 const PROBE_OBJECT: u64 = 256 << 10;
 
+/// How parties are separated and delayed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NetworkMode {
+    /// Namespaces when they can be made here, loopback otherwise.
+    Auto,
+    /// Network namespaces, delay on the wire (NFQUEUE), `tc tbf`, nftables loss.
+    Namespaces,
+    /// Loopback addresses and delay relays: handshakes are not delayed, bandwidth
+    /// caps are the providers' own, loss is not simulated.
+    Loopback,
+}
+
 /// Options.
 #[derive(Debug, Clone)]
 pub struct WorldOptions {
@@ -35,6 +47,8 @@ pub struct WorldOptions {
     pub scenario: PathBuf,
     /// Seconds of probing before the users start.
     pub warmup: Duration,
+    /// Namespaces or loopback.
+    pub network: NetworkMode,
 }
 
 /// Runs `f`'s future on a fresh runtime inside `host`'s namespace.
@@ -62,17 +76,26 @@ struct ProviderProc {
 /// Runs the scenario and returns the report (markdown).
 pub fn run(opts: &WorldOptions) -> anyhow::Result<String> {
     let scenario = Scenario::load(&opts.scenario)?;
-    anyhow::ensure!(
-        nix::unistd::Uid::effective().is_root(),
-        "the world simulator needs root (network namespaces, iptables)"
-    );
-    ensure_installed("iptables-legacy", "iptables")?;
-    if scenario.providers.iter().any(|p| p.loss_percent > 0) {
-        ensure_installed("nft", "nftables")?;
-    }
+    let namespaces = match opts.network {
+        NetworkMode::Namespaces => true,
+        NetworkMode::Loopback => false,
+        NetworkMode::Auto => Network::namespaces_available(),
+    };
+    let mut net = if namespaces {
+        anyhow::ensure!(
+            nix::unistd::Uid::effective().is_root(),
+            "network namespaces need root; use --network loopback"
+        );
+        ensure_installed("iptables-legacy", "iptables")?;
+        if scenario.providers.iter().any(|p| p.loss_percent > 0) {
+            ensure_installed("nft", "nftables")?;
+        }
+        Network::new()?
+    } else {
+        Network::loopback()
+    };
     let work = tempfile::tempdir()?;
     let dir = work.path();
-    let mut net = Network::new()?;
     let lab = net.add_host()?;
     let cp_host = net.add_host()?;
     let edge_hosts: Vec<Host> = scenario
@@ -90,12 +113,14 @@ pub fn run(opts: &WorldOptions) -> anyhow::Result<String> {
         .iter()
         .map(|_| net.add_host())
         .collect::<Result<_, _>>()?;
-    for (p, host) in scenario.providers.iter().zip(&provider_hosts) {
-        if let Some(rate) = &p.bandwidth {
-            net.cap_bandwidth(host, rate)?;
-        }
-        if p.loss_percent > 0 {
-            net.set_loss(host, p.loss_percent)?;
+    if !net.is_loopback() {
+        for (p, host) in scenario.providers.iter().zip(&provider_hosts) {
+            if let Some(rate) = &p.bandwidth {
+                net.cap_bandwidth(host, rate)?;
+            }
+            if p.loss_percent > 0 {
+                net.set_loss(host, p.loss_percent)?;
+            }
         }
     }
 
@@ -118,7 +143,54 @@ pub fn run(opts: &WorldOptions) -> anyhow::Result<String> {
         }
         holders.push((host.clone(), Arc::new(Mutex::new(map)) as Delays));
     }
-    let _delay = delay::start(holders)?;
+    // On loopback, relays stand in front of providers (delay by which edge
+    // connects, told apart by the edges' source addresses) and of edges (one per
+    // user group, connecting from the group's address so the edge knows its origin).
+    let relay_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let mut relays = Vec::new();
+    let mut provider_front: Vec<SocketAddr> = provider_hosts
+        .iter()
+        .map(|h| SocketAddr::from((h.addr, PROVIDER_PORT)))
+        .collect();
+    let mut user_front: Vec<Option<SocketAddr>> = vec![None; scenario.users.len()];
+    let _delay = if net.is_loopback() {
+        for (pi, ph) in provider_hosts.iter().enumerate() {
+            let front = net.add_host()?;
+            let by_edge: HashMap<std::net::IpAddr, Duration> = edge_hosts
+                .iter()
+                .enumerate()
+                .map(|(ei, eh)| (std::net::IpAddr::V4(eh.addr), one_way[&(ei, pi)]))
+                .collect();
+            let listen = SocketAddr::from((front.addr, PROVIDER_PORT));
+            relays.push(relay_rt.block_on(meridian_sim::DelayRelay::bind_per_peer(
+                listen,
+                SocketAddr::from((ph.addr, PROVIDER_PORT)),
+                Arc::new(Mutex::new(by_edge)),
+                Duration::ZERO,
+                None,
+            ))?);
+            provider_front[pi] = listen;
+        }
+        for (gi, (u, uh)) in scenario.users.iter().zip(&user_hosts).enumerate() {
+            let ei = scenario.edges.iter().position(|e| e.name == u.edge).unwrap_or(0);
+            let front = net.add_host()?;
+            let listen = SocketAddr::from((front.addr, EDGE_PORT));
+            relays.push(relay_rt.block_on(meridian_sim::DelayRelay::bind_per_peer(
+                listen,
+                SocketAddr::from((edge_hosts[ei].addr, EDGE_PORT)),
+                Arc::new(Mutex::new(HashMap::new())),
+                scenario.one_way(u.at, scenario.edges[ei].at),
+                Some(std::net::IpAddr::V4(uh.addr)),
+            ))?);
+            user_front[gi] = Some(listen);
+        }
+        None
+    } else {
+        Some(delay::start(holders)?)
+    };
 
     // Certificates: the control plane by IP, each edge by its id.
     let ca = TestCa::new("world CA")?;
@@ -203,7 +275,7 @@ pub fn run(opts: &WorldOptions) -> anyhow::Result<String> {
     };
     let fleet = scenario.fleet_with(|p| {
         let i = scenario.providers.iter().position(|x| x.id == p.id).unwrap_or(0);
-        targets[i].to_string()
+        provider_front[i].to_string()
     });
     {
         let (target, fleet) = (target.clone(), fleet.clone());
@@ -251,9 +323,14 @@ pub fn run(opts: &WorldOptions) -> anyhow::Result<String> {
                  [origin]\norder = [\"cidr\"]\n{cidrs}\
                  [control_plane]\naddress = \"{cp}:{CP_PUSH}\"\nedge_id = \"{id}\"\nca_file = \"ca.crt\"\n\
                  cert_file = \"{id}.crt\"\nkey_file = \"{id}.key\"\nstate_dir = \"{id}-state\"\n\
-                 reconnect_max = \"2s\"\n",
+                 reconnect_max = \"2s\"\n{source}",
                 a = host.addr,
-                cp = cp_host.addr
+                cp = cp_host.addr,
+                source = if net.is_loopback() {
+                    format!("[upstream]\nsource_address = \"{}\"\n", host.addr)
+                } else {
+                    String::new()
+                },
             ),
         )?;
         edges.push(Proc::spawn(
@@ -287,7 +364,7 @@ pub fn run(opts: &WorldOptions) -> anyhow::Result<String> {
         let ei = scenario.edges.iter().position(|e| e.name == u.edge).unwrap_or(0);
         let load = users::Load {
             group: gi,
-            edge: SocketAddr::from((edge_hosts[ei].addr, EDGE_PORT)),
+            edge: user_front[gi].unwrap_or(SocketAddr::from((edge_hosts[ei].addr, EDGE_PORT))),
             rate: u.rate,
             sizes: u
                 .objects
@@ -305,6 +382,30 @@ pub fn run(opts: &WorldOptions) -> anyhow::Result<String> {
             netns::run_in(&uh, move || users::run(load, t0))
         }));
     }
+    // On loopback there is no tc: a provider's uplink cap is its own.
+    let own_cap = |pi: usize| -> u64 {
+        if net.is_loopback() {
+            scenario.providers[pi]
+                .bandwidth
+                .as_deref()
+                .and_then(rate_bps)
+                .map_or(0, |b| b as u64)
+        } else {
+            0
+        }
+    };
+    for (pi, t) in targets.iter().enumerate() {
+        if own_cap(pi) > 0 {
+            let (t, body) = (
+                *t,
+                serde_json::to_vec(&Impairments {
+                    bandwidth_bps: own_cap(pi),
+                    ..Default::default()
+                })?,
+            );
+            in_ns(&lab, move || async move { put_json(t, "/_sim/impair", body).await })?;
+        }
+    }
     let mut events: Vec<_> = scenario.events.iter().enumerate().collect();
     events.sort_by_key(|e| e.1.at.0);
     let mut notes: Vec<(usize, String)> = Vec::new();
@@ -316,7 +417,11 @@ pub fn run(opts: &WorldOptions) -> anyhow::Result<String> {
         match &e.what {
             EventKind::Impair { provider, impair } => {
                 let pi = scenario.providers.iter().position(|p| p.id == *provider).unwrap_or(0);
-                let (t, body) = (targets[pi], serde_json::to_vec(impair)?);
+                let mut impair = *impair;
+                if impair.bandwidth_bps == 0 {
+                    impair.bandwidth_bps = own_cap(pi);
+                }
+                let (t, body) = (targets[pi], serde_json::to_vec(&impair)?);
                 in_ns(&lab, move || async move { put_json(t, "/_sim/impair", body).await })?;
             }
             EventKind::Provider { provider, action } => {
@@ -326,7 +431,14 @@ pub fn run(opts: &WorldOptions) -> anyhow::Result<String> {
                     Action::Start => {
                         start_provider(&bench, &mut providers[pi], provider)?;
                         let t = targets[pi];
-                        in_ns(&lab, move || async move { wait_ok(t, "/_sim/stats").await })?;
+                        let cap = serde_json::to_vec(&Impairments {
+                            bandwidth_bps: own_cap(pi),
+                            ..Default::default()
+                        })?;
+                        in_ns(&lab, move || async move {
+                            wait_ok(t, "/_sim/stats").await?;
+                            put_json(t, "/_sim/impair", cap).await
+                        })?;
                     }
                 }
             }
@@ -396,7 +508,18 @@ pub fn run(opts: &WorldOptions) -> anyhow::Result<String> {
     drop(cp);
     drop(providers);
 
+    drop(relays);
+    drop(relay_rt);
     let judged = judge(&scenario, &fleet, &one_way, &records);
+    let network = if net.is_loopback() {
+        "loopback addresses with delay relays (namespaces were unavailable or not chosen): the relays delay \
+         data but not TCP handshakes, so a probe's connect sees no delay; provider bandwidth caps are the \
+         providers' own; packet loss is not simulated; the edge-control plane path has no delay"
+    } else {
+        "one Linux network namespace per party on a bridge; delay applied to packets on the wire by an NFQUEUE \
+         holder in each edge's namespace (handshakes included); provider uplinks capped with `tc tbf` and loss \
+         from nftables where the scenario says so"
+    };
     Ok(report::render(
         &scenario,
         &opts.scenario,
@@ -404,6 +527,7 @@ pub fn run(opts: &WorldOptions) -> anyhow::Result<String> {
         &notes,
         probe,
         opts.warmup,
+        network,
     ))
 }
 
@@ -414,7 +538,7 @@ fn start_provider(bench: &Path, pp: &mut ProviderProc, id: &str) -> anyhow::Resu
             .args([
                 "upstream",
                 "--addr",
-                &format!("0.0.0.0:{PROVIDER_PORT}"),
+                &format!("{}:{PROVIDER_PORT}", pp.host.addr),
                 "--name",
                 id,
                 "--dir",
