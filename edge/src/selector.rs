@@ -183,65 +183,93 @@ impl Drop for InflightToken {
     }
 }
 
-/// Response sizes learned per route (request host and first path segment, e.g. a
-/// bucket), so a `GET` that announces no size still finds the provider that
-/// finishes it soonest. A fixed table of atomics: untrusted paths can collide, which
-/// only blurs an estimate, and can never grow memory.
+/// Response sizes learned per object (host and path) and per route (host and first
+/// path segment, e.g. a bucket), so a `GET` that announces no size still finds the
+/// provider that finishes it soonest: an object seen before is expected at its own
+/// size, a new one at its route's moving average. Fixed tables of atomics: untrusted
+/// paths can collide, which only blurs an estimate, and can never grow memory.
 #[derive(Debug)]
 pub struct SizeTable {
-    slots: Box<[std::sync::atomic::AtomicU64]>,
+    routes: Box<[std::sync::atomic::AtomicU64]>,
+    /// Per object: a 24-bit tag of its path hash, then its size + 1 in 40 bits.
+    objects: Box<[std::sync::atomic::AtomicU64]>,
 }
 
 const SIZE_SLOTS: usize = 4096;
+const OBJECT_SLOTS: usize = 1 << 16;
+const OBJECT_SIZE_BITS: u32 = 40;
+const OBJECT_SIZE_MASK: u64 = (1 << OBJECT_SIZE_BITS) - 1;
 
 impl Default for SizeTable {
     fn default() -> Self {
+        let table = |n: usize| (0..n).map(|_| std::sync::atomic::AtomicU64::new(0)).collect();
         SizeTable {
-            slots: (0..SIZE_SLOTS).map(|_| std::sync::atomic::AtomicU64::new(0)).collect(),
+            routes: table(SIZE_SLOTS),
+            objects: table(OBJECT_SLOTS),
         }
     }
 }
 
-/// Where one route's size lives in a [`SizeTable`].
+/// Where one request's object and route sizes live in a [`SizeTable`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RouteKey(usize);
+pub struct RouteKey {
+    route: usize,
+    object: usize,
+    tag: u64,
+}
+
+/// FNV-1a: allocation-free and fast; not for anything adversarially hard.
+fn fnv(parts: &[&[u8]]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in parts {
+        for &b in *part {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h
+}
 
 impl SizeTable {
-    /// The key of the route of a request to `host` for `path`.
+    /// The key of a request to `host` for `path`.
     pub fn key(host: &str, path: &str) -> RouteKey {
-        RouteKey(Self::slot(host, path))
+        let segment = path.trim_start_matches('/').split('/').next().unwrap_or("");
+        let route = fnv(&[host.as_bytes(), b"/", segment.as_bytes()]);
+        let object = fnv(&[host.as_bytes(), path.as_bytes()]);
+        RouteKey {
+            route: (route % SIZE_SLOTS as u64) as usize,
+            object: (object % OBJECT_SLOTS as u64) as usize,
+            tag: object >> OBJECT_SIZE_BITS,
+        }
     }
 
-    /// The learned response size at `key`, 0 when unknown.
+    /// The learned response size at `key`: the object's own when it was seen, else
+    /// its route's average; 0 when unknown.
     pub fn expected_at(&self, key: RouteKey) -> u64 {
-        self.slots[key.0].load(Ordering::Relaxed)
+        let v = self.objects[key.object].load(Ordering::Relaxed);
+        if v != 0 && v >> OBJECT_SIZE_BITS == key.tag {
+            return (v & OBJECT_SIZE_MASK) - 1;
+        }
+        self.routes[key.route].load(Ordering::Relaxed)
     }
 
-    /// Learns a response of `bytes` at `key`.
+    /// Learns a response of `bytes` at `key`: the object's size, and the route's
+    /// moving average (a quarter per sample).
     pub fn learn_at(&self, key: RouteKey, bytes: u64) {
-        let slot = &self.slots[key.0];
+        let size = bytes.min(OBJECT_SIZE_MASK - 1) + 1;
+        self.objects[key.object].store(key.tag << OBJECT_SIZE_BITS | size, Ordering::Relaxed);
+        let slot = &self.routes[key.route];
         let old = slot.load(Ordering::Relaxed);
         let new = if old == 0 { bytes } else { old - old / 4 + bytes / 4 };
         slot.store(new.max(1), Ordering::Relaxed);
     }
 
-    fn slot(host: &str, path: &str) -> usize {
-        // FNV-1a: allocation-free and fast; not for anything adversarially hard.
-        let segment = path.trim_start_matches('/').split('/').next().unwrap_or("");
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in host.bytes().chain(std::iter::once(b'/')).chain(segment.bytes()) {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-        (h % SIZE_SLOTS as u64) as usize
-    }
-
-    /// The learned response size for this route, 0 when unknown.
+    /// The learned response size for a request to `host` for `path`, 0 when unknown.
     pub fn expected(&self, host: &str, path: &str) -> u64 {
         self.expected_at(Self::key(host, path))
     }
 
-    /// Learns from a response of `bytes` (moving average, a quarter per sample).
+    /// Learns from a response of `bytes`.
     pub fn learn(&self, host: &str, path: &str, bytes: u64) {
         self.learn_at(Self::key(host, path), bytes);
     }

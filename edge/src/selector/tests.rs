@@ -122,6 +122,29 @@ fn sizes_are_learned_per_host_and_first_path_segment() {
 }
 
 #[test]
+fn an_object_seen_before_is_expected_at_its_own_size() {
+    let t = SizeTable::default();
+    t.learn("a.test", "/b/movie.mp4", 900 << 20);
+    t.learn("a.test", "/b/thumb.jpg", 16 << 10);
+    assert_eq!(t.expected("a.test", "/b/movie.mp4"), 900 << 20);
+    assert_eq!(t.expected("a.test", "/b/thumb.jpg"), 16 << 10);
+    assert_eq!(
+        t.expected("a.test", "/b/thumb.jpg?x=1"),
+        t.expected("a.test", "/b/new"),
+        "unseen: the route's average"
+    );
+    assert_eq!(t.expected("b.test", "/b/thumb.jpg"), 0, "another host's object");
+    t.learn("a.test", "/b/empty", 0);
+    assert_eq!(
+        t.expected("a.test", "/b/empty"),
+        0,
+        "an empty object is known to be empty"
+    );
+    t.learn("a.test", "/b/thumb.jpg", 32 << 10);
+    assert_eq!(t.expected("a.test", "/b/thumb.jpg"), 32 << 10, "the latest size");
+}
+
+#[test]
 fn latency_quantiles_follow_the_samples() {
     let t = LatencyTracker::default();
     assert_eq!(t.quantile(0.95, 10), None, "too few samples");
