@@ -125,6 +125,32 @@ pub fn render(
         total
     );
 
+    if !j.failed.is_empty() {
+        let mut failed: Vec<&Record> = j.failed.iter().collect();
+        failed.sort_by_key(|r| r.start);
+        let shown: Vec<String> = failed
+            .iter()
+            .take(20)
+            .map(|r| {
+                format!(
+                    "{} at {:.2} s ({}, {} ms)",
+                    s.users[r.group].name,
+                    r.start.as_secs_f64(),
+                    if r.status == 0 {
+                        "no answer".to_owned()
+                    } else {
+                        r.status.to_string()
+                    },
+                    r.took.as_millis()
+                )
+            })
+            .collect();
+        let _ = writeln!(
+            out,
+            "\nFailed requests (start time, status, time taken): {}",
+            shown.join("; ")
+        );
+    }
     let _ = writeln!(out, "\n## By user group\n");
     let _ = writeln!(
         out,
