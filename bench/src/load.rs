@@ -242,6 +242,20 @@ fn histogram() -> anyhow::Result<Histogram<u64>> {
     Ok(Histogram::new_with_bounds(1, 300_000_000, 3)?)
 }
 
+/// One empty result per operation of the mix.
+fn empty_results(ops: &[Op]) -> anyhow::Result<Vec<OpResult>> {
+    ops.iter()
+        .map(|o| {
+            Ok(OpResult {
+                name: o.name.clone(),
+                ok: 0,
+                errors: 0,
+                latency_us: histogram()?,
+            })
+        })
+        .collect()
+}
+
 /// Which operation request `i` performs: a deterministic weighted pick.
 fn pick(ops: &[Op], total_weight: u64, i: u64) -> usize {
     pick_weighted(ops.iter().map(|o| o.weight), total_weight, i)
@@ -295,18 +309,7 @@ pub async fn run(spec: &LoadSpec) -> anyhow::Result<LoadResult> {
         ok: 0,
         errors: 0,
         latency_us: histogram()?,
-        ops: spec
-            .ops
-            .iter()
-            .map(|o| {
-                Ok(OpResult {
-                    name: o.name.clone(),
-                    ok: 0,
-                    errors: 0,
-                    latency_us: histogram()?,
-                })
-            })
-            .collect::<anyhow::Result<_>>()?,
+        ops: empty_results(&spec.ops)?,
         elapsed: Duration::ZERO,
         bytes_in: 0,
         bytes_out: 0,
@@ -464,18 +467,7 @@ async fn worker(
     counters: Arc<Counters>,
 ) -> anyhow::Result<WorkerResult> {
     let mut out = WorkerResult {
-        ops: spec
-            .ops
-            .iter()
-            .map(|o| {
-                Ok(OpResult {
-                    name: o.name.clone(),
-                    ok: 0,
-                    errors: 0,
-                    latency_us: histogram()?,
-                })
-            })
-            .collect::<anyhow::Result<_>>()?,
+        ops: empty_results(&spec.ops)?,
         bytes_in: 0,
         bytes_out: 0,
     };

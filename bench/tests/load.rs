@@ -7,18 +7,10 @@
 use std::time::Duration;
 
 use meridian_bench::load::{self, LoadSpec, Mode, Op, Proto};
-use meridian_sim::{Impairments, SimConfig, SimProvider, Storage};
+use meridian_sim::{Impairments, SimConfig, SimProvider};
 
 async fn provider() -> SimProvider {
-    SimProvider::start(SimConfig {
-        name: "p".into(),
-        addr: "127.0.0.1:0".parse().unwrap(),
-        storage: Storage::Memory,
-        tls: None,
-        objects: None,
-    })
-    .await
-    .unwrap()
+    SimProvider::start(SimConfig::memory("p")).await.unwrap()
 }
 
 fn spec(p: &SimProvider, mode: Mode, proto: Proto, ops: Vec<Op>, connections: usize) -> LoadSpec {

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use meridian_bench::procs::{Proc, sibling_binary, wait_http};
 use meridian_cp::client::{Target, call};
-use meridian_sim::{SimConfig, SimProvider, Storage, TestCa};
+use meridian_sim::{SimConfig, SimProvider, TestCa};
 use nix::sys::signal::{Signal, kill};
 use serde_json::{Value, json};
 
@@ -79,17 +79,7 @@ impl Cluster {
         write(dir.path(), "cp.key", &leaf.key_pem);
         let mut providers = Vec::new();
         for name in ["p-de", "p-fr"] {
-            providers.push(
-                SimProvider::start(SimConfig {
-                    name: name.into(),
-                    addr: "127.0.0.1:0".parse().unwrap(),
-                    storage: Storage::Memory,
-                    tls: None,
-                    objects: None,
-                })
-                .await
-                .unwrap(),
-            );
+            providers.push(SimProvider::start(SimConfig::memory(name)).await.unwrap());
         }
         let admin = free_port();
         let push = free_port();

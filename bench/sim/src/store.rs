@@ -68,6 +68,19 @@ pub struct SimConfig {
     pub objects: Option<Arc<Objects>>,
 }
 
+impl SimConfig {
+    /// A provider named `name` on a free loopback port, objects in memory, no TLS.
+    pub fn memory(name: &str) -> SimConfig {
+        SimConfig {
+            name: name.to_owned(),
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            storage: Storage::Memory,
+            tls: None,
+            objects: None,
+        }
+    }
+}
+
 /// The objects a simulated provider holds. Providers given the same `Objects` act as
 /// replicas: what one stores, all serve.
 #[derive(Debug, Default)]

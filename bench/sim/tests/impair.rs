@@ -7,18 +7,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use meridian_sim::{Impairments, SimConfig, SimProvider, Storage};
+use meridian_sim::{Impairments, SimConfig, SimProvider};
 
 async fn provider() -> SimProvider {
-    SimProvider::start(SimConfig {
-        name: "p".into(),
-        addr: "127.0.0.1:0".parse().unwrap(),
-        storage: Storage::Memory,
-        tls: None,
-        objects: None,
-    })
-    .await
-    .unwrap()
+    SimProvider::start(SimConfig::memory("p")).await.unwrap()
 }
 
 type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
