@@ -80,3 +80,21 @@ fn loss_drops_what_a_host_sends() {
     net.set_loss(&b, 0).unwrap();
     assert!(netns::run_in(&a, connect).unwrap(), "reachable again");
 }
+
+#[test]
+fn namespaces_left_by_a_killed_simulator_are_removed() {
+    // A name in the simulator's pattern whose process cannot exist (above pid_max).
+    let stale = "mw4294967-1";
+    let out = std::process::Command::new("ip")
+        .args(["netns", "add", stale])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let _net = netns::Network::new().unwrap();
+    let list = std::process::Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .unwrap();
+    let list = String::from_utf8_lossy(&list.stdout);
+    assert!(!list.lines().any(|l| l.starts_with(stale)), "{list}");
+}

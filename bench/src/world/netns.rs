@@ -9,6 +9,7 @@
 //! from relays, not from the wire.
 
 use std::net::Ipv4Addr;
+use std::path::Path;
 use std::process::Command;
 
 use anyhow::{Context, bail};
@@ -46,6 +47,7 @@ pub struct Host {
 impl Network {
     /// Creates the hub namespace and its bridge.
     pub fn new() -> anyhow::Result<Network> {
+        remove_stale();
         let prefix = format!("mw{}", std::process::id());
         let hub = format!("{prefix}-hub");
         ip(&["netns", "add", &hub])?;
@@ -180,6 +182,27 @@ impl Drop for Network {
         }
         if let Some(hub) = &self.hub {
             let _ = ip(&["netns", "del", hub]);
+        }
+    }
+}
+
+/// Removes namespaces left by simulators that died without cleaning up (killed):
+/// `mwPID-...` whose process is gone.
+fn remove_stale() {
+    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let name = line.split_whitespace().next().unwrap_or("");
+        let Some(pid) = name
+            .strip_prefix("mw")
+            .and_then(|r| r.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = ip(&["netns", "del", name]);
         }
     }
 }
