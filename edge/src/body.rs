@@ -50,10 +50,10 @@ pin_project! {
         #[pin]
         inner: B,
         idle: Duration,
-        sleep: Option<Pin<Box<Sleep>>>,
-        // Moved forward per frame while armed; the timer is re-armed only when it
-        // fires early, which keeps timer-wheel work off the per-frame path.
-        deadline: Instant,
+        // With the deadline: moved forward per frame while armed; the timer is
+        // re-armed only when it fires early, which keeps timer-wheel work off the
+        // per-frame path. Unarmed bodies never read the clock.
+        sleep: Option<(Pin<Box<Sleep>>, Instant)>,
     }
 }
 
@@ -64,7 +64,6 @@ impl<B> TimedBody<B> {
             inner,
             idle,
             sleep: None,
-            deadline: Instant::now(),
         }
     }
 }
@@ -81,27 +80,28 @@ where
         let this = self.project();
         match this.inner.poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                if this.sleep.is_some() {
-                    *this.deadline = Instant::now() + *this.idle;
+                if let Some((_, deadline)) = this.sleep {
+                    *deadline = Instant::now() + *this.idle;
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(BodyError::Stream(e.into())))),
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => {
-                let sleep = match this.sleep {
-                    Some(sleep) => sleep,
+                let (sleep, deadline) = match this.sleep {
+                    Some(armed) => armed,
                     None => {
-                        *this.deadline = Instant::now() + *this.idle;
-                        this.sleep.insert(Box::pin(tokio::time::sleep_until(*this.deadline)))
+                        let deadline = Instant::now() + *this.idle;
+                        this.sleep
+                            .insert((Box::pin(tokio::time::sleep_until(deadline)), deadline))
                     }
                 };
                 loop {
                     ready!(sleep.as_mut().poll(cx));
-                    if Instant::now() >= *this.deadline {
+                    if Instant::now() >= *deadline {
                         return Poll::Ready(Some(Err(BodyError::Idle(*this.idle))));
                     }
-                    sleep.as_mut().reset(*this.deadline);
+                    sleep.as_mut().reset(*deadline);
                 }
             }
         }

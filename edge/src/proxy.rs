@@ -269,7 +269,9 @@ where
     let mut exclude = None;
     let mut first_failure = None;
     loop {
-        let target = match snap.routing.route(origin, bytes, exclude, Instant::now()) {
+        // One clock read serves the decision and the send time.
+        let decided = Instant::now();
+        let target = match snap.routing.route(origin, bytes, exclude, decided) {
             Ok(t) => t,
             // With no other allowed provider to fail over to, report the failure.
             Err(e) => {
@@ -287,9 +289,8 @@ where
             let after = hedge_delay(&snap.hedging, &learned.latency);
             send_hedged(snap, origin, bytes, target, req, after, client_host.clone()).await
         } else {
-            let sent = Instant::now();
             let result = upstream::send(&target, req).await;
-            (target, sent, result)
+            (target, decided, result)
         };
         match result {
             Ok(resp) => {
