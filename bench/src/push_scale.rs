@@ -223,7 +223,9 @@ pub async fn run(opts: ScaleOptions) -> anyhow::Result<String> {
          | API call to ACK, p99 | {:.1} ms |\n\
          | API call to last ACK of a change, median / worst | {:.1} ms / {:.1} ms |\n\
          | control-plane RSS before / after subscribing | {} KiB / {} KiB |\n\
-         | control-plane memory per connected edge | {:.1} KiB |\n",
+         | control-plane memory per connected edge | {:.1} KiB |\n\
+         | target p99 under 1 s | {} |\n\
+         | target under 64 KiB per edge | {} |\n",
         opts.transport,
         opts.edges,
         ms(subscribed_in),
@@ -235,6 +237,12 @@ pub async fn run(opts: ScaleOptions) -> anyhow::Result<String> {
         rss_before,
         rss_after,
         per_edge,
+        if quantile(&latencies, 0.99) < Duration::from_secs(1) {
+            "met"
+        } else {
+            "**missed**"
+        },
+        if per_edge < 64.0 { "met" } else { "**missed**" },
     );
     drop(cp);
     Ok(report)

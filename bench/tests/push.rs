@@ -552,4 +552,5 @@ async fn the_scale_benchmark_runs_and_every_edge_acks_every_change() {
     .unwrap();
     assert!(report.contains("| edges subscribed (Quic) | 20 "), "{report}");
     assert!(report.contains("| API changes timed | 2 |"), "{report}");
+    assert!(report.contains("| target p99 under 1 s | "), "{report}");
 }

@@ -52,13 +52,26 @@ async fn apply_get_drain_and_dry_run_from_the_command_line() {
     let (ok, _, err) = cli(&api, &["drain", "nope"]);
     assert!(!ok && err.contains("404"), "{err}");
 
-    let out = Command::new(env!("CARGO_BIN_EXE_meridian-cp"))
-        .args(["drain", "--help"])
-        .output()
-        .unwrap();
-    let help = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        help.contains("--server") && help.contains("--token") && help.contains("MERIDIAN_TOKEN"),
-        "{help}"
-    );
+    // Every operator subcommand explains itself and how it reaches the API.
+    for args in [
+        &["apply", "--help"][..],
+        &["get", "--help"],
+        &["drain", "--help"],
+        &["undrain", "--help"],
+        &["dry-run", "--help"],
+        &["edge", "status", "--help"],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_meridian-cp"))
+            .args(args)
+            .output()
+            .unwrap();
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success()
+                && help.contains("--server")
+                && help.contains("--token")
+                && help.contains("MERIDIAN_TOKEN"),
+            "{args:?}: {help}"
+        );
+    }
 }

@@ -218,24 +218,19 @@ pub struct RouteKey {
     tag: u64,
 }
 
-/// FNV-1a: allocation-free and fast; not for anything adversarially hard.
-fn fnv(parts: &[&[u8]]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for part in parts {
-        for &b in *part {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-    h
-}
-
 impl SizeTable {
-    /// The key of a request to `host` for `path`.
+    /// The key of a request to `host` for `path`: one pass of FNV-1a over host and
+    /// path (allocation-free and fast; not for anything adversarially hard), the
+    /// route's hash taken where the first path segment ends.
     pub fn key(host: &str, path: &str) -> RouteKey {
-        let segment = path.trim_start_matches('/').split('/').next().unwrap_or("");
-        let route = fnv(&[host.as_bytes(), b"/", segment.as_bytes()]);
-        let object = fnv(&[host.as_bytes(), path.as_bytes()]);
+        let step = |h: u64, b: &u8| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        let mut h = host.as_bytes().iter().fold(0xcbf2_9ce4_8422_2325, step);
+        let p = path.as_bytes();
+        let lead = usize::from(p.first() == Some(&b'/'));
+        let segment_end = p[lead..].iter().position(|&b| b == b'/').map_or(p.len(), |i| i + lead);
+        h = p[..segment_end].iter().fold(h, step);
+        let route = h;
+        let object = p[segment_end..].iter().fold(h, step);
         RouteKey {
             route: (route % SIZE_SLOTS as u64) as usize,
             object: (object % OBJECT_SLOTS as u64) as usize,

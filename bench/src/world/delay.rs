@@ -151,6 +151,11 @@ fn open_in(netns: &str) -> anyhow::Result<nfq::Queue> {
     Ok(q)
 }
 
+fn accept(q: &mut nfq::Queue, mut msg: nfq::Message) {
+    msg.set_verdict(nfq::Verdict::Accept);
+    let _ = q.verdict(msg);
+}
+
 fn hold(mut queues: Vec<(nfq::Queue, Delays)>, stop: &AtomicBool) {
     let mut heap = BinaryHeap::new();
     let mut seq = 0u64;
@@ -158,15 +163,13 @@ fn hold(mut queues: Vec<(nfq::Queue, Delays)>, stop: &AtomicBool) {
         let now = Instant::now();
         while heap.peek().is_some_and(|h: &Held| h.due <= now) {
             if let Some(h) = heap.pop() {
-                let mut msg = h.msg;
-                msg.set_verdict(nfq::Verdict::Accept);
-                let _ = queues[h.queue].0.verdict(msg);
+                accept(&mut queues[h.queue].0, h.msg);
             }
         }
         let mut got = false;
         for (i, (q, delays)) in queues.iter_mut().enumerate() {
             // Drain what is waiting on this queue.
-            while let Ok(mut msg) = q.recv() {
+            while let Ok(msg) = q.recv() {
                 got = true;
                 let payload = msg.get_payload();
                 let peer = if payload.len() >= 20 {
@@ -186,8 +189,7 @@ fn hold(mut queues: Vec<(nfq::Queue, Delays)>, stop: &AtomicBool) {
                     .and_then(|p| delays.lock().ok().and_then(|d| d.get(&p).copied()))
                     .unwrap_or_default();
                 if delay.is_zero() {
-                    msg.set_verdict(nfq::Verdict::Accept);
-                    let _ = q.verdict(msg);
+                    accept(q, msg);
                 } else {
                     seq += 1;
                     heap.push(Held {
@@ -208,8 +210,6 @@ fn hold(mut queues: Vec<(nfq::Queue, Delays)>, stop: &AtomicBool) {
     }
     // Let everything still held through, so nothing hangs on the way out.
     while let Some(h) = heap.pop() {
-        let mut msg = h.msg;
-        msg.set_verdict(nfq::Verdict::Accept);
-        let _ = queues[h.queue].0.verdict(msg);
+        accept(&mut queues[h.queue].0, h.msg);
     }
 }

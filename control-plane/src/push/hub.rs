@@ -181,26 +181,27 @@ impl Hub {
     ) -> u64 {
         let session = self.sessions.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         let mut edges = self.edges();
-        let record = edges.entry(edge_id.to_owned()).or_insert_with(|| EdgeRecord {
-            edge_id: edge_id.to_owned(),
-            connected: true,
-            transport,
-            wire,
-            addr,
-            version: None,
-            acked: None,
-            nack: None,
-            last_seen: 0,
-            observations: Vec::new(),
-            session,
-        });
-        record.connected = true;
-        record.transport = transport;
-        record.wire = wire;
-        record.addr = addr;
-        record.version = version;
-        record.last_seen = now();
-        record.session = session;
+        // What an earlier subscription learned (last ACK, NACK, observations) stays
+        // until this one says otherwise.
+        let (acked, nack, observations) = edges
+            .remove(edge_id)
+            .map_or((None, None, Vec::new()), |e| (e.acked, e.nack, e.observations));
+        edges.insert(
+            edge_id.to_owned(),
+            EdgeRecord {
+                edge_id: edge_id.to_owned(),
+                connected: true,
+                transport,
+                wire,
+                addr,
+                version,
+                acked,
+                nack,
+                last_seen: now(),
+                observations,
+                session,
+            },
+        );
         session
     }
 
