@@ -25,6 +25,8 @@ pub const EDGE_HTTPS: &str = "127.0.0.1:8443";
 pub const EDGE_ADMIN: &str = "127.0.0.1:9901";
 /// Control-plane admin API address.
 pub const CP_ADMIN: &str = "127.0.0.1:7070";
+/// Control-plane metrics and health (plain HTTP).
+pub const CP_TELEMETRY: &str = "127.0.0.1:7071";
 /// Control-plane push address (QUIC on UDP, HTTP/2 on TCP).
 pub const CP_PUSH: &str = "127.0.0.1:7443";
 /// The dev edge's id (a DNS name in its client certificate).
@@ -208,7 +210,9 @@ fn cp_config_toml() -> String {
          [[admin.tokens]]\nname = \"dev\"\nsha256 = \"{}\"\n\n\
          [push]\nlisten = \"{CP_PUSH}\"\ncert = \"certs/cp.crt\"\nkey = \"certs/cp.key\"\nclient_ca = \"certs/ca.crt\"\n\n\
          # One edge: a provider is down for the fleet when that edge sees it down.\n\
-         [fleet_health]\nmin_edges = 1\n",
+         [fleet_health]\nmin_edges = 1\n\n\
+         # /metrics, /healthz, /readyz for Prometheus (no authentication: loopback only).\n\
+         [telemetry]\nlisten = \"{CP_TELEMETRY}\"\n",
         meridian_cp::config::hash_token(CP_TOKEN)
     )
 }
@@ -284,6 +288,8 @@ fn print_banner(dir: &Path) {
          \x20 ./target/debug/meridian-cp dry-run CN --edge {EDGE_ID}\n\
          \x20 ./target/debug/meridian-cp drain de-fra-1     # the edge stops using it within a second\n\
          \x20 curl -s http://{EDGE_ADMIN}/statusz\n\n\
+         Metrics (Prometheus text): http://{EDGE_ADMIN}/metrics (edge), http://{CP_TELEMETRY}/metrics (control plane);\n\
+         \x20 deploy/prometheus/ has a scrape config, alert rules and a Grafana dashboard for them.\n\n\
          Every response names the provider that served it in x-sim-provider. Ctrl-C stops everything.",
         dir.join("edge.toml").display(),
         dir.display()

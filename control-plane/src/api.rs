@@ -127,9 +127,15 @@ pub async fn start(cfg: &CpConfig, store: Arc<Store>, hub: Arc<Hub>) -> Result<A
             let (api, tls) = (api.clone(), tls.clone());
             tokio::spawn(async move {
                 let Ok(stream) = tls.accept(tcp).await else { return };
-                let svc = service_fn(move |req| {
+                let svc = service_fn(move |req: Request<Incoming>| {
                     let api = api.clone();
-                    async move { Ok::<_, Infallible>(api.handle(req).await) }
+                    async move {
+                        let route = crate::telemetry::route_template(req.method(), req.uri().path());
+                        let started = std::time::Instant::now();
+                        let resp = api.handle(req).await;
+                        crate::telemetry::api_request(route, resp.status(), started.elapsed().as_secs_f64());
+                        Ok::<_, Infallible>(resp)
+                    }
                 });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(stream), svc)

@@ -112,6 +112,18 @@ pub struct CpConfig {
     /// Fleet health aggregation.
     #[serde(default)]
     pub fleet_health: FleetHealthConfig,
+    /// Metrics and health for scrapers; off without it.
+    #[serde(default)]
+    pub telemetry: Option<TelemetryConfig>,
+}
+
+/// The telemetry listener: `/metrics`, `/healthz`, `/readyz` on plain HTTP. It has
+/// no authentication: keep it on loopback or a private network.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// Address, e.g. `127.0.0.1:7071`.
+    pub listen: SocketAddr,
 }
 
 impl CpConfig {

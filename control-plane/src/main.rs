@@ -50,6 +50,9 @@ enum Command {
         /// Path of the control plane's TOML config.
         #[arg(long, short)]
         config: PathBuf,
+        /// Format of the log on stderr (level from `MERIDIAN_LOG`, e.g. `info`).
+        #[arg(long, value_enum, default_value_t = meridian_telemetry::LogFormat::Human)]
+        log_format: meridian_telemetry::LogFormat,
     },
     /// Print the SHA-256 of a token, for `[[admin.tokens]] sha256` in the config.
     HashToken {
@@ -157,7 +160,7 @@ fn main() -> ExitCode {
             println!("{}", meridian_cp::config::hash_token(&token));
             ExitCode::SUCCESS
         }
-        Command::Serve { config } => match serve(&config) {
+        Command::Serve { config, log_format } => match serve(&config, log_format) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e:#}");
@@ -189,15 +192,11 @@ fn store_exercise(data: &std::path::Path, count: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn serve(path: &std::path::Path) -> anyhow::Result<()> {
+fn serve(path: &std::path::Path, log_format: meridian_telemetry::LogFormat) -> anyhow::Result<()> {
     use anyhow::Context;
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("MERIDIAN_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    // The control plane writes no access log: API calls are counted in its metrics.
+    meridian_telemetry::init_logging(log_format, &meridian_telemetry::AccessLog::Off)?;
+    meridian_telemetry::recorder();
     let cfg = meridian_cp::config::CpConfig::load(path)?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async {
@@ -210,6 +209,7 @@ fn serve(path: &std::path::Path) -> anyhow::Result<()> {
             admin = %cp.api.addr,
             push_quic = ?cp.push.as_ref().and_then(|p| p.quic_addr),
             push_h2 = ?cp.push.as_ref().and_then(|p| p.h2_addr),
+            telemetry = ?cp.telemetry.as_ref().map(|t| t.addr),
             data = %cfg.data_dir.display(),
             "meridian-cp serving"
         );

@@ -7,6 +7,7 @@ use crate::api::{self, ApiError, ApiHandle};
 use crate::config::CpConfig;
 use crate::push::{self, Hub, PushError, PushHandle};
 use crate::store::{Store, StoreError};
+use crate::telemetry::{self, TelemetryError, TelemetryHandle};
 
 /// The control plane could not start.
 #[derive(Debug, thiserror::Error)]
@@ -20,6 +21,9 @@ pub enum ServeError {
     /// Push failed to start.
     #[error(transparent)]
     Push(#[from] PushError),
+    /// The telemetry listener failed to start.
+    #[error(transparent)]
+    Telemetry(#[from] TelemetryError),
 }
 
 /// A running control plane; dropping it stops serving.
@@ -31,6 +35,8 @@ pub struct ControlPlane {
     pub push: Option<PushHandle>,
     /// Shared push state.
     pub hub: Arc<Hub>,
+    /// Metrics and health, when configured.
+    pub telemetry: Option<TelemetryHandle>,
 }
 
 /// Opens the store and starts everything the config asks for.
@@ -42,5 +48,15 @@ pub async fn start(cfg: &CpConfig) -> Result<ControlPlane, ServeError> {
         Some(p) => Some(push::start(p, hub.clone()).await?),
         None => None,
     };
-    Ok(ControlPlane { api, push, hub })
+    // Last: it reports ready as soon as it answers.
+    let telemetry = match &cfg.telemetry {
+        Some(t) => Some(telemetry::start(t.listen, hub.clone()).await?),
+        None => None,
+    };
+    Ok(ControlPlane {
+        api,
+        push,
+        hub,
+        telemetry,
+    })
 }

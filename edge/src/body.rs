@@ -8,6 +8,8 @@
 
 use std::error::Error as StdError;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -117,6 +119,48 @@ where
 }
 
 pin_project! {
+    /// Passes frames through, adding their data's length to a shared count (read
+    /// when the exchange's metrics are recorded).
+    #[derive(Debug)]
+    pub struct CountedBody<B> {
+        #[pin]
+        inner: B,
+        count: Arc<AtomicU64>,
+    }
+}
+
+impl<B> CountedBody<B> {
+    /// Wraps `inner`, counting into `count`.
+    pub fn new(inner: B, count: Arc<AtomicU64>) -> Self {
+        CountedBody { inner, count }
+    }
+}
+
+impl<B: Body<Data = Bytes>> Body for CountedBody<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = self.project();
+        let frame = this.inner.poll_frame(cx);
+        if let Poll::Ready(Some(Ok(f))) = &frame {
+            if let Some(d) = f.data_ref() {
+                this.count.fetch_add(d.len() as u64, Ordering::Relaxed);
+            }
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+pin_project! {
     /// What the edge sends back to a client: a provider's streamed response, or a
     /// small answer the edge wrote itself. Either way it holds the connection's
     /// in-flight mark until it is finished or dropped.
@@ -141,13 +185,18 @@ pin_project! {
     }
 }
 
-/// Measures a provider's response body for the selector, and holds the provider's
-/// in-flight mark until the body is done.
+/// Measures a provider's response body for the selector and the metrics, and holds
+/// the provider's in-flight mark until the body is done.
 #[derive(Debug)]
 pub struct Meter {
     target: Target,
+    /// When the request's head arrived.
+    request_started: Instant,
+    /// When the response head arrived.
     started: Instant,
     bytes: u64,
+    /// Request body bytes, counted as they are forwarded; `None` without a body.
+    received: Option<Arc<AtomicU64>>,
 }
 
 /// Responses smaller than this say more about latency than about bandwidth.
@@ -163,26 +212,43 @@ impl Drop for Meter {
     // When the body is done or abandoned: hyper stops polling a body of known length
     // once it has all of it, so the end is never announced by a final poll.
     fn drop(&mut self) {
+        let now = Instant::now();
         if self.bytes >= MIN_THROUGHPUT_SAMPLE {
-            let now = Instant::now();
             self.target
                 .stats()
                 .observe_transfer(self.bytes, now.saturating_duration_since(self.started), now);
+        }
+        let metrics = self.target.metrics();
+        metrics
+            .duration
+            .record(now.saturating_duration_since(self.request_started).as_secs_f64());
+        metrics.sent.increment(self.bytes);
+        if let Some(received) = &self.received {
+            metrics.received.increment(received.load(Ordering::Relaxed));
         }
     }
 }
 
 impl ResponseBody {
     /// A provider's body, measured, holding the connection's and the provider's
-    /// in-flight marks.
-    pub fn upstream(body: TimedBody<UpstreamBody>, guard: InflightGuard, target: Target) -> Self {
+    /// in-flight marks. `times` are when the request's head and the response's head
+    /// arrived; `received` counts the request body's bytes, if it has one.
+    pub fn upstream(
+        body: TimedBody<UpstreamBody>,
+        guard: InflightGuard,
+        target: Target,
+        times: (Instant, Instant),
+        received: Option<Arc<AtomicU64>>,
+    ) -> Self {
         ResponseBody::Upstream {
             body,
             guard: Some(guard),
             meter: Meter {
                 target,
-                started: Instant::now(),
+                request_started: times.0,
+                started: times.1,
                 bytes: 0,
+                received,
             },
         }
     }

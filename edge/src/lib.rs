@@ -4,8 +4,9 @@
 //! [`listener`] (accept, TLS, HTTP/1.1 and HTTP/2) → [`framing`] (refuse ambiguous
 //! HTTP/1 framing) → [`proxy`] (the request path) → [`route`] (the only producer of a
 //! [`route::Target`]) → [`upstream`] (pooled connections to providers). [`headers`]
-//! cleans heads between hops, [`body`] streams bodies with idle timeouts, and
-//! [`respond`] is the one place that turns failures into answers.
+//! cleans heads between hops, [`body`] streams bodies with idle timeouts,
+//! [`respond`] is the one place that turns failures into answers, and [`record`]
+//! keeps the metrics of each request.
 //!
 //! [`runtime`] runs one event loop per core; a connection and the upstream
 //! connections it uses stay on one worker thread.
@@ -23,6 +24,7 @@ pub mod origin;
 pub mod probe;
 pub mod proxy;
 pub mod push;
+pub mod record;
 pub mod respond;
 pub mod route;
 pub mod runtime;

@@ -1,12 +1,14 @@
 //! `meridian-edge`: the edge proxy binary. Parses the command line, installs
-//! logging and signal handling, and runs the library's [`meridian_edge::Edge`].
+//! logging, the metrics recorder and signal handling, and runs the library's
+//! [`meridian_edge::Edge`].
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 use meridian_edge::{Edge, EdgeConfig};
+use meridian_telemetry::{AccessLog, LogFormat, init_logging};
 use tokio::signal::unix::{SignalKind, signal};
 
 /// Meridian edge: a residency-aware, latency-aware reverse proxy in front of storage
@@ -27,9 +29,15 @@ enum Command {
         /// Path of the TOML config file.
         #[arg(long, short)]
         config: PathBuf,
-        /// Log format.
+        /// Format of the diagnostic log on stderr (level from `MERIDIAN_LOG`, e.g.
+        /// `info` or `meridian_edge=debug`).
         #[arg(long, value_enum, default_value_t = LogFormat::Human)]
         log_format: LogFormat,
+        /// Where the access log goes: `stdout`, `off`, or a file to append to. One
+        /// JSON line per request with its routing decision; `log.access` in the config
+        /// switches it on and off at reload.
+        #[arg(long, default_value = "stdout", value_name = "stdout|off|PATH")]
+        access_log: AccessLog,
     },
     /// Check a config file and exit: 0 when it is valid, 1 with the offending key and
     /// line when it is not.
@@ -37,12 +45,6 @@ enum Command {
         /// Path of the TOML config file.
         file: PathBuf,
     },
-}
-
-#[derive(Copy, Clone, Debug, ValueEnum)]
-enum LogFormat {
-    Human,
-    Json,
 }
 
 fn main() -> ExitCode {
@@ -58,8 +60,16 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Run { config, log_format } => {
-            init_logging(log_format);
+        Command::Run {
+            config,
+            log_format,
+            access_log,
+        } => {
+            if let Err(e) = init_logging(log_format, &access_log) {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+            meridian_edge::record::install();
             let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
                 Ok(rt) => rt,
                 Err(e) => {
@@ -121,41 +131,4 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
         tracing::warn!("drain deadline passed with requests in flight; exiting");
     }
     Ok(())
-}
-
-/// Diagnostics go to stderr, human or JSON as asked; the access log (target
-/// `meridian::access`, one line per request with its routing decision) is its own
-/// stream: JSON lines on stdout.
-fn init_logging(format: LogFormat) {
-    use tracing_subscriber::filter::{FilterFn, filter_fn};
-    use tracing_subscriber::layer::SubscriberExt;
-    use tracing_subscriber::util::SubscriberInitExt;
-    use tracing_subscriber::{EnvFilter, Layer, fmt};
-
-    const ACCESS: &str = "meridian::access";
-    let filter = EnvFilter::try_from_env("MERIDIAN_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let not_access = FilterFn::new(|m| m.target() != ACCESS);
-    let diagnostics = match format {
-        LogFormat::Human => fmt::layer()
-            .with_writer(std::io::stderr)
-            .with_filter(not_access)
-            .boxed(),
-        LogFormat::Json => fmt::layer()
-            .json()
-            .with_writer(std::io::stderr)
-            .with_filter(not_access)
-            .boxed(),
-    };
-    let access = fmt::layer()
-        .json()
-        .flatten_event(true)
-        .with_current_span(false)
-        .with_span_list(false)
-        .with_writer(std::io::stdout)
-        .with_filter(filter_fn(|m| m.target() == ACCESS));
-    tracing_subscriber::registry()
-        .with(filter)
-        .with(diagnostics)
-        .with(access)
-        .init();
 }

@@ -62,10 +62,13 @@ async fn probe_rtt(p: Arc<RoutedProvider>, cfg: &ProbeConfig) {
         Ok(rtt) => {
             p.stats.observe_rtt(rtt, Instant::now());
             p.stats.observe_success();
+            p.metrics.probe_rtt.record(rtt.as_secs_f64());
+            p.metrics.probe("rtt", true);
             tracing::trace!(provider = %p.spec.id, rtt_ms = rtt.as_secs_f64() * 1e3, "probe");
         }
         Err(e) => {
             p.stats.observe_failure(Instant::now());
+            p.metrics.probe("rtt", false);
             tracing::debug!(provider = %p.spec.id, error = %e, "probe failed");
         }
     }
@@ -98,12 +101,20 @@ async fn probe_bandwidth(p: &RoutedProvider, path: &str, cfg: &ProbeConfig, budg
     match p.pool.probe_bandwidth(path, allowance, cfg.timeout.0 * 10).await {
         Ok((bytes, took)) => {
             budget.spent += bytes;
+            p.metrics.probe_bytes.increment(bytes);
+            p.metrics.probe("bandwidth", true);
             if bytes >= MIN_SAMPLE {
                 p.stats.observe_transfer(bytes, took, Instant::now());
+                if !took.is_zero() {
+                    p.metrics.probe_bandwidth(bytes as f64 / took.as_secs_f64());
+                }
             }
             tracing::trace!(provider = %p.spec.id, bytes, secs = took.as_secs_f64(), "bandwidth probe");
         }
-        Err(e) => tracing::debug!(provider = %p.spec.id, error = %e, "bandwidth probe failed"),
+        Err(e) => {
+            p.metrics.probe("bandwidth", false);
+            tracing::debug!(provider = %p.spec.id, error = %e, "bandwidth probe failed");
+        }
     }
 }
 

@@ -11,6 +11,7 @@ use std::borrow::Cow;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -24,11 +25,12 @@ use http_body::Body;
 use http_body_util::BodyExt;
 use meridian_proto::Protocol;
 
-use crate::body::{BoxError, ProxyBody, ResponseBody, TimedBody};
+use crate::body::{BoxError, CountedBody, ProxyBody, ResponseBody, TimedBody};
 use crate::config::{Forwarding, HedgingConfig, canonical_ip};
 use crate::conn::ConnState;
 use crate::headers::{self, Hop, ViaValues};
 use crate::origin::{Origin, RequestFacts};
+use crate::record;
 use crate::respond::Refusal;
 use crate::route::{RouteError, Routing, Target};
 use crate::selector::{LatencyTracker, SizeTable};
@@ -108,23 +110,28 @@ impl Proxy {
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
+        let started = Instant::now();
         let guard = conn.state.begin_request();
         // A refused request must not be forwarded, so check framing before anything.
         if conn.guarded && matches!(req.version(), Version::HTTP_10 | Version::HTTP_11) {
             if let Err(e) = conn.state.ledger.next() {
                 tracing::debug!(peer = %conn.peer, reason = e.reason(), "refused ambiguous framing");
-                return Ok(Refusal::Framing(e).into_response(Some(guard)));
+                let resp = Refusal::Framing(e).into_response(Some(guard));
+                record::request(None, None, req.method(), resp.status());
+                return Ok(resp);
             }
         }
         // One snapshot per request, held as an Arc: the request may wait on a
         // provider for a while, longer than an arc-swap guard should be held.
         let snap = self.snapshot.load_full();
         let method = req.method().clone();
-        match forward(&snap, &self.learned, req, conn).await {
+        match forward(&snap, &self.learned, req, conn, started).await {
             Ok(Forwarded {
                 response,
                 target,
                 explain,
+                head_at,
+                received,
             }) => {
                 let (mut parts, body) = response.into_parts();
                 if explain {
@@ -146,12 +153,22 @@ impl Proxy {
                         reason = d.reason.as_str(),
                     );
                 }
-                let body = ResponseBody::upstream(body, guard, target);
+                record::request(
+                    Some(target.metrics()),
+                    Some(&target.decision().origin),
+                    &method,
+                    parts.status,
+                );
+                let body = ResponseBody::upstream(body, guard, target, (started, head_at), received);
                 Ok(Response::from_parts(parts, body))
             }
             Err(Refused { refusal, origin }) => {
                 tracing::debug!(peer = %conn.peer, error = %refusal, "answered locally");
+                if let Refusal::NoRoute(e) = &refusal {
+                    record::fail_closed(e);
+                }
                 let resp = refusal.into_response(Some(guard));
+                record::request(None, origin.as_ref(), &method, resp.status());
                 if snap.access_log {
                     tracing::info!(
                         target: "meridian::access",
@@ -181,6 +198,10 @@ pub(crate) struct Forwarded {
     pub(crate) response: Response<TimedBody<UpstreamBody>>,
     pub(crate) target: Target,
     pub(crate) explain: bool,
+    /// When the response head arrived.
+    pub(crate) head_at: Instant,
+    /// The request body's bytes forwarded so far, when it has a body.
+    pub(crate) received: Option<Arc<AtomicU64>>,
 }
 
 /// A refusal, with the origin when it was known by then.
@@ -199,7 +220,13 @@ impl From<Refusal> for Refused {
     }
 }
 
-async fn forward<B>(snap: &Snapshot, learned: &Learned, req: Request<B>, conn: &ConnInfo) -> Result<Forwarded, Refused>
+async fn forward<B>(
+    snap: &Snapshot,
+    learned: &Learned,
+    req: Request<B>,
+    conn: &ConnInfo,
+    started: Instant,
+) -> Result<Forwarded, Refused>
 where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
@@ -262,15 +289,19 @@ where
         parts.headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
 
-    let body: ProxyBody = TimedBody::new(body, snap.body_idle)
-        .map_err(|e| -> BoxError { Box::new(e) })
-        .boxed_unsync();
+    let received = (!body.is_end_stream()).then(|| Arc::new(AtomicU64::new(0)));
+    let body = TimedBody::new(body, snap.body_idle).map_err(|e| -> BoxError { Box::new(e) });
+    let body: ProxyBody = match &received {
+        Some(count) => CountedBody::new(body, count.clone()).boxed_unsync(),
+        None => body.boxed_unsync(),
+    };
     let mut req = Request::from_parts(parts, body);
     let mut exclude = None;
     let mut first_failure = None;
     loop {
-        // One clock read serves the decision and the send time.
-        let decided = Instant::now();
+        // One clock read serves the decision and the send time; the first decision
+        // uses the request's arrival, microseconds earlier.
+        let decided = if exclude.is_none() { started } else { Instant::now() };
         let target = match snap.routing.route(origin, bytes, exclude, decided) {
             Ok(t) => t,
             // With no other allowed provider to fail over to, report the failure.
@@ -298,6 +329,7 @@ where
                 let stats = target.stats();
                 let ttfb = now.saturating_duration_since(sent);
                 stats.observe_rtt(ttfb, now);
+                target.metrics().ttfb.record(ttfb.as_secs_f64());
                 if snap.hedging.enabled {
                     learned.latency.record(ttfb);
                 }
@@ -322,6 +354,8 @@ where
                     response,
                     target,
                     explain,
+                    head_at: now,
+                    received,
                 });
             }
             Err(failure) => {

@@ -17,6 +17,7 @@ use meridian_proto::{CompiledPolicy, Jurisdiction, ProviderId, ProviderSet, Prov
 use tokio::time::Instant;
 
 use crate::origin::{Origin, OriginResolver, RequestFacts};
+use crate::record::ProviderMetrics;
 use crate::selector::{self, Candidate, InflightToken, ProviderStats, Reason};
 use crate::upstream::ProviderPool;
 
@@ -57,6 +58,8 @@ pub struct RoutedProvider {
     pub pool: Arc<ProviderPool>,
     /// What this edge has measured about it (kept across reloads).
     pub stats: Arc<ProviderStats>,
+    /// Its metric handles (kept across reloads while its labels stay the same).
+    pub metrics: Arc<ProviderMetrics>,
 }
 
 /// The routing decision for one request, for explanations and the access log.
@@ -110,6 +113,11 @@ impl Target {
     /// Where its measurements go.
     pub fn stats(&self) -> &Arc<ProviderStats> {
         &self.provider.stats
+    }
+
+    /// Its metric handles.
+    pub fn metrics(&self) -> &ProviderMetrics {
+        &self.provider.metrics
     }
 
     /// How it was chosen.

@@ -164,6 +164,11 @@ impl ProviderStats {
         Some(cost.max(1e-9))
     }
 
+    /// How many times it was ejected since this edge started.
+    pub fn ejections(&self) -> u64 {
+        self.health.lock().map_or(0, |h| u64::from(h.ejections))
+    }
+
     /// The current RTT and bandwidth estimates, for explanations and metrics.
     pub fn estimates(&self) -> (Option<f64>, Option<f64>) {
         self.health

@@ -10,6 +10,7 @@
 //! request that finishes in time.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::time::Instant;
 
@@ -28,6 +29,7 @@ use crate::listener::Listener;
 use crate::origin::{GeoipError, OriginResolver, open_geoip};
 use crate::proxy::{Proxy, Snapshot};
 use crate::push::{self, ConnectError, Connector, FleetSink, PushStatus, persist};
+use crate::record::{self, ProviderMetrics};
 use crate::route::{RoutedProvider, Routing};
 use crate::runtime::{bind_reuseport, set_current_worker, worker_count};
 use crate::tls::{self, SniResolver, TlsError};
@@ -89,6 +91,8 @@ pub struct Core {
     workers: usize,
     state: Mutex<CoreState>,
     push: Option<Arc<PushStatus>>,
+    /// Workers whose client listeners are registered with their event loop.
+    serving: AtomicUsize,
 }
 
 struct CoreState {
@@ -202,6 +206,7 @@ impl Edge {
                 fleet_down: Vec::new(),
             }),
             push: push_status.clone(),
+            serving: AtomicUsize::new(0),
         });
         tracing::info!(source = ?source, version = ?running.map(|r| r.version), "fleet loaded");
         let edge = Edge {
@@ -310,9 +315,45 @@ impl Core {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Whether a fleet is loaded (readiness).
+    /// Whether a fleet is loaded.
     pub fn has_fleet(&self) -> bool {
         self.state().fleet.is_some()
+    }
+
+    /// Whether every worker serves its client listeners.
+    pub fn listening(&self) -> bool {
+        self.serving.load(Ordering::Acquire) >= self.workers
+    }
+
+    /// Sets the state gauges for a scrape about to be rendered.
+    pub fn refresh_metrics(&self, draining: bool) {
+        let (version, has_fleet) = {
+            let s = self.state();
+            (s.running.map(|r| r.version), s.fleet.is_some())
+        };
+        let control_plane = self.push.as_ref().map(|p| {
+            let v = p.view();
+            record::Subscription {
+                connected: v.connected,
+                last_sync: v.last_sync,
+                acks: v.acks,
+                nacks: v.nacks,
+            }
+        });
+        let edge = record::EdgeState {
+            ready: has_fleet && !draining && self.listening(),
+            version,
+            control_plane,
+        };
+        let unix_now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        record::refresh(
+            self.proxy.snapshot().routing.providers(),
+            edge,
+            Instant::now(),
+            unix_now,
+        );
     }
 
     /// The state for `/statusz`.
@@ -465,6 +506,7 @@ fn run_worker(
         if let (Some(s), Some(a)) = (parts.https, acceptor.clone()) {
             serve(s, Some(a));
         }
+        core.serving.fetch_add(1, Ordering::Release);
         if let Some(s) = parts.admin {
             match TcpListener::from_std(s) {
                 Ok(s) => {
@@ -538,11 +580,16 @@ fn build_snapshot(
             }
             _ => Arc::new(ProviderPool::new(spec, &config.upstream, &roots, crypto, workers)?),
         };
+        let metrics = match &before {
+            Some(p) if p.spec.jurisdiction == spec.jurisdiction => p.metrics.clone(),
+            _ => Arc::new(ProviderMetrics::new(spec)),
+        };
         let stats = before.map(|p| p.stats.clone()).unwrap_or_default();
         providers.push(Some(Arc::new(RoutedProvider {
             spec: spec.clone(),
             pool,
             stats,
+            metrics,
         })));
     }
     let geoip = match (&config.origin.geoip_db, &old) {

@@ -6,6 +6,7 @@
 //! It must never trust the hello's edge id beyond what the client certificate
 //! vouches for.
 
+use crate::telemetry;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -125,6 +126,8 @@ where
         }
         let mut in_flight: Option<u64> = None;
         let mut answer_by = tokio::time::Instant::now();
+        let mut sent_at = answer_by;
+        let mut sent_kind = "snapshot";
         let mut refused: Option<u64> = None;
         loop {
             if in_flight.is_none() {
@@ -136,7 +139,13 @@ where
                     };
                     write_frame(&mut tx, frame).await?;
                     in_flight = Some(p.version);
-                    answer_by = tokio::time::Instant::now() + ANSWER_TIMEOUT;
+                    sent_kind = if std::ptr::eq(frame, &p.snapshot) {
+                        "snapshot"
+                    } else {
+                        "delta"
+                    };
+                    sent_at = tokio::time::Instant::now();
+                    answer_by = sent_at + ANSWER_TIMEOUT;
                 }
             }
             tokio::select! {
@@ -153,15 +162,22 @@ where
                     write_frame(&mut tx, &frame).await?;
                 }
                 _ = tokio::time::sleep_until(answer_by), if in_flight.is_some() => {
+                    metrics::counter!(telemetry::PUSH_TIMEOUTS).increment(1);
                     return Err(SessionError::NoAnswer(in_flight.unwrap_or_default()));
                 }
                 answer = answers.recv() => match answer {
-                    Some((version, true)) => {
-                        runs = Some(version);
-                        in_flight = None;
-                    }
-                    Some((version, false)) => {
-                        refused = Some(version);
+                    Some((version, ok)) => {
+                        let result = if ok { "ack" } else { "nack" };
+                        metrics::counter!(telemetry::EDGE_ANSWERS, "result" => result).increment(1);
+                        if in_flight == Some(version) {
+                            metrics::histogram!(telemetry::PUSH_DURATION, "result" => result, "kind" => sent_kind)
+                                .record(sent_at.elapsed().as_secs_f64());
+                        }
+                        if ok {
+                            runs = Some(version);
+                        } else {
+                            refused = Some(version);
+                        }
                         in_flight = None;
                     }
                     None => return Ok::<(), SessionError>(()),

@@ -124,6 +124,7 @@ fn routing_for(fleet: &Fleet) -> Routing {
                     spec: spec.clone(),
                     pool,
                     stats: Arc::new(ProviderStats::default()),
+                    metrics: Arc::new(crate::record::ProviderMetrics::new(spec)),
                 })
             })
         })

@@ -58,6 +58,7 @@ pub(crate) fn big_routing() -> (Routing, Origin, Origin) {
                 spec: spec.clone(),
                 pool,
                 stats,
+                metrics: Arc::new(meridian_edge::record::ProviderMetrics::new(spec)),
             }))
         })
         .collect();
