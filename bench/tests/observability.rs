@@ -189,6 +189,13 @@ fn promtool(args: &[&str], stdin: Option<&str>) -> String {
     text
 }
 
+/// The value of the exposition line starting with `series`.
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
+}
+
 async fn scrape(addr: SocketAddr) -> String {
     let req = http::Request::get("/metrics")
         .header("host", "localhost")
@@ -310,8 +317,12 @@ async fn prometheus_sees_every_dashboard_and_alert_signal() {
         .await
         .unwrap();
 
-    wait_http(cp_telemetry, "/readyz", 200, Duration::from_secs(20)).await.unwrap();
-    wait_http(cp_telemetry, "/healthz", 200, Duration::from_secs(1)).await.unwrap();
+    wait_http(cp_telemetry, "/readyz", 200, Duration::from_secs(20))
+        .await
+        .unwrap();
+    wait_http(cp_telemetry, "/healthz", 200, Duration::from_secs(1))
+        .await
+        .unwrap();
 
     // Prometheus, with the shipped rules, scraping every second.
     let prom_addr = free_port();
@@ -475,6 +486,21 @@ async fn prometheus_sees_every_dashboard_and_alert_signal() {
         t.await.unwrap();
     }
 
+    // Each denied request is counted once as fail-closed and once as a 451 answered
+    // by the edge (traffic has stopped).
+    let edge_text = scrape(edge_admin).await;
+    let denied = sample(
+        &edge_text,
+        "meridian_edge_fail_closed_total{origin=\"US\",reason=\"denied\"}",
+    );
+    let answered = sample(
+        &edge_text,
+        "meridian_edge_requests_total{provider=\"none\",jurisdiction=\"none\",origin=\"US\",method=\"read\",status=\"4xx\"}",
+    );
+    assert!(
+        denied > 10.0 && denied == answered,
+        "denied {denied}, answered 4xx {answered}"
+    );
     // The access log: one JSON line per request with the routing decision.
     let log = std::fs::read_to_string(&access_log).unwrap();
     let lines: Vec<Value> = log.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
@@ -493,11 +519,13 @@ async fn prometheus_sees_every_dashboard_and_alert_signal() {
     ] {
         assert!(!routed[field].is_null(), "access-log line without {field}: {routed}");
     }
-    assert!(
-        lines
-            .iter()
-            .any(|l| l["origin"] == "US" && l["status"] == 451 && l["provider"] == "none"),
-        "no denied request in the access log"
+    let denied_lines = lines
+        .iter()
+        .filter(|l| l["origin"] == "US" && l["status"] == 451 && l["provider"] == "none")
+        .count();
+    assert_eq!(
+        denied_lines as f64, denied,
+        "denied requests in the access log and in the metrics"
     );
 
     prometheus.stop(Duration::from_secs(10)).unwrap();
