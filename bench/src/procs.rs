@@ -128,6 +128,26 @@ fn children_of(pid: u32) -> Vec<u32> {
         .collect()
 }
 
+/// Polls `f` every 20 ms until it returns `Some`, and panics naming `what` after
+/// `limit`: for tests that wait for a state they can observe.
+pub async fn poll<T, F, Fut>(limit: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Polls `GET http://addr{path}` until it answers `want`, at most `limit`.
 pub async fn wait_http(addr: SocketAddr, path: &str, want: u16, limit: Duration) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + limit;

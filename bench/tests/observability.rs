@@ -14,11 +14,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use meridian_bench::procs::{Proc, ensure_installed, sibling_binary, wait_http};
+use meridian_bench::procs::{Proc, ensure_installed, poll, sibling_binary, wait_http};
 use meridian_cp::client::{Target, call};
 use meridian_sim::{Impairments, SimConfig, SimProvider, TestCa};
 use nix::sys::signal::{Signal, kill};
@@ -33,25 +33,6 @@ fn free_port() -> SocketAddr {
 
 fn deploy() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
-}
-
-/// Polls `f` every 100 ms until it returns `Some`, at most `limit`.
-async fn poll<T, F, Fut>(limit: Duration, what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// One HTTP/1.1 exchange; returns the status and the body.

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use meridian_bench::procs::{Proc, sibling_binary, wait_http};
+use meridian_bench::procs::{Proc, poll, sibling_binary, wait_http};
 use meridian_cp::client::{Target, call};
 use meridian_sim::{SimConfig, SimProvider, TestCa};
 use nix::sys::signal::{Signal, kill};
@@ -20,25 +20,6 @@ const TOKEN: &str = "test-token";
 fn free_port() -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap()
-}
-
-/// Polls `f` every 20 ms until it returns `Some`, at most `limit`.
-async fn poll<T, F, Fut>(limit: Duration, what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 struct EdgeProc {
