@@ -121,6 +121,8 @@ struct RawConfig {
     #[serde(default)]
     log: LogConfig,
     #[serde(default)]
+    http3: Http3Config,
+    #[serde(default)]
     probes: ProbeConfig,
     #[serde(default)]
     hedging: HedgingConfig,
@@ -261,6 +263,27 @@ impl Default for ProbeConfig {
     }
 }
 
+/// HTTP/3 choices beyond the listener's address and the shared limits.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Http3Config {
+    /// Accept 0-RTT early data. Early data can be replayed by an attacker, so even
+    /// when on, only safe methods (GET, HEAD, OPTIONS) are served before the
+    /// handshake completes; others get 425 Too Early (RFC 8470).
+    pub zero_rtt: bool,
+    /// `ma` of the `Alt-Svc` header HTTPS responses carry to advertise HTTP/3.
+    pub alt_svc_max_age: HumanDuration,
+}
+
+impl Default for Http3Config {
+    fn default() -> Self {
+        Http3Config {
+            zero_rtt: false,
+            alt_svc_max_age: HumanDuration(Duration::from_secs(86_400)),
+        }
+    }
+}
+
 /// Logging choices that belong to the config rather than the command line.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -280,6 +303,7 @@ impl Default for LogConfig {
 struct RawListeners {
     http: Option<SocketAddr>,
     https: Option<Spanned<SocketAddr>>,
+    h3: Option<Spanned<SocketAddr>>,
     admin: Option<SocketAddr>,
 }
 
@@ -410,6 +434,8 @@ pub struct Limits {
     /// HTTP/2: most streams the edge may reset for protocol errors before it closes
     /// the connection (reset-flood defence).
     pub h2_max_local_error_reset_streams: u32,
+    /// HTTP/3: most concurrent request streams a client may open on one connection.
+    pub h3_max_concurrent_streams: u32,
 }
 
 impl Default for Limits {
@@ -425,6 +451,7 @@ impl Default for Limits {
             h2_max_concurrent_streams: 128,
             h2_max_pending_accept_reset_streams: 32,
             h2_max_local_error_reset_streams: 256,
+            h3_max_concurrent_streams: 128,
         }
     }
 }
@@ -520,6 +547,8 @@ pub struct Listeners {
     pub http: Option<SocketAddr>,
     /// HTTPS with ALPN h2 and http/1.1.
     pub https: Option<SocketAddr>,
+    /// HTTP/3 over QUIC (UDP), with the same certificates as HTTPS.
+    pub h3: Option<SocketAddr>,
     /// Health endpoints; keep it on loopback.
     pub admin: Option<SocketAddr>,
 }
@@ -570,6 +599,8 @@ pub struct EdgeConfig {
     pub origin: OriginConfig,
     /// Logging.
     pub log: LogConfig,
+    /// HTTP/3 behaviour.
+    pub http3: Http3Config,
     /// Active probes.
     pub probes: ProbeConfig,
     /// Hedged GETs.
@@ -739,11 +770,20 @@ impl EdgeConfig {
                 ));
             }
         }
-        if raw.listeners.http.is_none() && raw.listeners.https.is_none() {
+        if let Some(h3) = &raw.listeners.h3 {
+            if tls.certificates.is_empty() {
+                return Err(at(
+                    Some(h3.span()),
+                    "listeners.h3",
+                    "an HTTP/3 listener needs at least one [[tls.certificates]]".into(),
+                ));
+            }
+        }
+        if raw.listeners.http.is_none() && raw.listeners.https.is_none() && raw.listeners.h3.is_none() {
             return Err(at(
                 None,
                 "listeners",
-                "configure at least one of `http` or `https`".into(),
+                "configure at least one of `http`, `https` or `h3`".into(),
             ));
         }
 
@@ -807,6 +847,7 @@ impl EdgeConfig {
             listeners: Listeners {
                 http: raw.listeners.http,
                 https: raw.listeners.https.map(Spanned::into_inner),
+                h3: raw.listeners.h3.map(Spanned::into_inner),
                 admin: raw.listeners.admin,
             },
             tls,
@@ -820,6 +861,7 @@ impl EdgeConfig {
             runtime: raw.runtime,
             origin,
             log: raw.log,
+            http3: raw.http3,
             probes: raw.probes,
             hedging: raw.hedging,
             control_plane,
@@ -843,6 +885,9 @@ fn check_limits(l: &Limits) -> Result<(), (&'static str, String)> {
     }
     if l.h2_max_concurrent_streams == 0 {
         return Err(("h2_max_concurrent_streams", "must be at least 1".into()));
+    }
+    if l.h3_max_concurrent_streams == 0 {
+        return Err(("h3_max_concurrent_streams", "must be at least 1".into()));
     }
     for (k, d) in [
         ("header_read_timeout", l.header_read_timeout),

@@ -11,6 +11,7 @@ use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::HeaderValue;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -26,6 +27,8 @@ use crate::conn::{Check, ConnState};
 use crate::framing::{Guarded, Scanner};
 use crate::proxy::{ConnInfo, Proxy};
 
+pub mod h3;
+
 /// What every connection of a listener shares.
 pub struct Listener {
     proxy: Arc<Proxy>,
@@ -35,17 +38,21 @@ pub struct Listener {
     h2: http2::Builder<TokioExecutor>,
     permits: Arc<Semaphore>,
     drain: watch::Receiver<bool>,
+    /// `Alt-Svc` added to every response, advertising HTTP/3.
+    alt_svc: Option<HeaderValue>,
 }
 
 impl Listener {
     /// A listener serving `proxy`, with TLS when `tls` is given. `permits` caps open
-    /// connections (shared across listeners); `drain` turns true at shutdown.
+    /// connections (shared across listeners); `drain` turns true at shutdown;
+    /// `alt_svc`, when given, is added to every response.
     pub fn new(
         proxy: Arc<Proxy>,
         tls: Option<TlsAcceptor>,
         limits: Limits,
         permits: Arc<Semaphore>,
         drain: watch::Receiver<bool>,
+        alt_svc: Option<HeaderValue>,
     ) -> Arc<Self> {
         let mut h1 = http1::Builder::new();
         h1.timer(TokioTimer::new())
@@ -73,6 +80,7 @@ impl Listener {
             h2,
             permits,
             drain,
+            alt_svc,
         })
     }
 
@@ -153,10 +161,18 @@ impl Listener {
             guarded: true,
         });
         let proxy = self.proxy.clone();
+        let alt_svc = self.alt_svc.clone();
         let svc = service_fn(move |req| {
             let proxy = proxy.clone();
             let info = info.clone();
-            async move { proxy.handle(req, &info).await }
+            let alt_svc = alt_svc.clone();
+            async move {
+                let mut resp = proxy.handle(req, &info).await?;
+                if let Some(v) = alt_svc {
+                    resp.headers_mut().insert(http::header::ALT_SVC, v);
+                }
+                Ok::<_, std::convert::Infallible>(resp)
+            }
         });
         let conn = self.h1.serve_connection(io, svc);
         self.drive(conn, &state, peer).await;
@@ -174,10 +190,18 @@ impl Listener {
             guarded: false,
         });
         let proxy = self.proxy.clone();
+        let alt_svc = self.alt_svc.clone();
         let svc = service_fn(move |req| {
             let proxy = proxy.clone();
             let info = info.clone();
-            async move { proxy.handle(req, &info).await }
+            let alt_svc = alt_svc.clone();
+            async move {
+                let mut resp = proxy.handle(req, &info).await?;
+                if let Some(v) = alt_svc {
+                    resp.headers_mut().insert(http::header::ALT_SVC, v);
+                }
+                Ok::<_, std::convert::Infallible>(resp)
+            }
         });
         let conn = self.h2.serve_connection(TokioIo::new(io), svc);
         self.drive(conn, &state, peer).await;

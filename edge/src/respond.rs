@@ -31,6 +31,9 @@ pub enum Refusal {
     /// The provider failed before a response started.
     #[error("{0}")]
     Upstream(UpstreamError),
+    /// An unsafe method in TLS early data, which an attacker could replay.
+    #[error("unsafe method in early data; retry after the handshake")]
+    TooEarly,
 }
 
 impl Refusal {
@@ -51,6 +54,7 @@ impl Refusal {
                 (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", false)
             }
             Refusal::Upstream(_) => (StatusCode::BAD_GATEWAY, "upstream_failed", false),
+            Refusal::TooEarly => (StatusCode::TOO_EARLY, "too_early", false),
         }
     }
 

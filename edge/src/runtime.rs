@@ -54,3 +54,21 @@ pub fn bind_reuseport(addr: SocketAddr, count: usize) -> io::Result<Vec<std::net
     }
     Ok(out)
 }
+
+/// UDP socket buffers for QUIC: a burst of handshakes overflows the kernel's default
+/// (about 208 KiB) and drops datagrams. Capped by `net.core.rmem_max`/`wmem_max`.
+const UDP_BUFFER: usize = 4 << 20;
+
+/// Binds a UDP socket for a QUIC endpoint on `addr`, with large buffers.
+pub fn bind_udp(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if let Err(e) = socket
+        .set_recv_buffer_size(UDP_BUFFER)
+        .and_then(|()| socket.set_send_buffer_size(UDP_BUFFER))
+    {
+        tracing::warn!(error = %e, "cannot enlarge the QUIC socket buffers");
+    }
+    socket.bind(&addr.into())?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}

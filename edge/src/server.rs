@@ -25,13 +25,13 @@ use tokio_rustls::TlsAcceptor;
 use crate::admin;
 use crate::config::EdgeConfig;
 use crate::headers::ViaValues;
-use crate::listener::Listener;
+use crate::listener::{Listener, h3};
 use crate::origin::{GeoipError, OriginResolver, open_geoip};
 use crate::proxy::{Proxy, Snapshot};
 use crate::push::{self, ConnectError, Connector, FleetSink, PushStatus, persist};
 use crate::record::{self, ProviderMetrics};
 use crate::route::{RoutedProvider, Routing};
-use crate::runtime::{bind_reuseport, set_current_worker, worker_count};
+use crate::runtime::{bind_reuseport, bind_udp, set_current_worker, worker_count};
 use crate::tls::{self, SniResolver, TlsError};
 use crate::upstream::{PoolError, ProviderPool};
 
@@ -119,6 +119,8 @@ pub struct Edge {
     pub https_addr: Option<SocketAddr>,
     /// Bound admin address.
     pub admin_addr: Option<SocketAddr>,
+    /// Bound HTTP/3 (UDP) address.
+    pub h3_addr: Option<SocketAddr>,
 }
 
 impl Drop for Edge {
@@ -132,6 +134,9 @@ struct WorkerParts {
     index: usize,
     http: Option<std::net::TcpListener>,
     https: Option<std::net::TcpListener>,
+    h3: Option<(std::net::UdpSocket, quinn::ServerConfig)>,
+    alt_svc: Option<http::HeaderValue>,
+    http3: crate::config::Http3Config,
     admin: Option<std::net::TcpListener>,
 }
 
@@ -167,14 +172,36 @@ impl Edge {
         let max_connections = config.limits.max_connections;
         let permits = Arc::new(Semaphore::new(max_connections as usize));
 
-        let resolver = match config.listeners.https {
-            Some(_) => Some(SniResolver::new(&config.tls, crypto.clone())?),
-            None => None,
+        let resolver = match (config.listeners.https, config.listeners.h3) {
+            (None, None) => None,
+            _ => Some(SniResolver::new(&config.tls, crypto.clone())?),
         };
-        let acceptor = match &resolver {
-            Some(r) => Some(TlsAcceptor::from(tls::server_config(r.clone())?)),
-            None => None,
+        let acceptor = match (&resolver, config.listeners.https) {
+            (Some(r), Some(_)) => Some(TlsAcceptor::from(tls::server_config(r.clone())?)),
+            _ => None,
         };
+        let mut h3 = match (&resolver, config.listeners.h3) {
+            (Some(r), Some(addr)) => {
+                let server = h3::server_config(r.clone(), &config.limits, &config.http3)?;
+                let socket = bind_udp(addr).map_err(|source| StartError::Bind {
+                    what: "h3",
+                    addr,
+                    source,
+                })?;
+                Some((socket, server))
+            }
+            _ => None,
+        };
+        let h3_addr = h3.as_ref().and_then(|(s, _)| s.local_addr().ok());
+        // Advertised on HTTPS responses: same host, the HTTP/3 port.
+        let alt_svc = h3_addr.and_then(|a| {
+            http::HeaderValue::from_str(&format!(
+                "h3=\":{}\"; ma={}",
+                a.port(),
+                config.http3.alt_svc_max_age.0.as_secs()
+            ))
+            .ok()
+        });
 
         let mut http = bind_all("http", config.listeners.http, workers)?;
         let mut https = bind_all("https", config.listeners.https, workers)?;
@@ -218,6 +245,7 @@ impl Edge {
             http_addr: local(&http),
             https_addr: local(&https),
             admin_addr: admin.as_ref().and_then(|l| l.local_addr().ok()),
+            h3_addr,
         };
 
         if config.probes.enabled {
@@ -249,6 +277,11 @@ impl Edge {
                 http: http.pop(),
                 https: https.pop(),
                 admin: if index == 0 { admin.take() } else { None },
+                // One QUIC endpoint, on the first worker: a UDP socket shared by
+                // several would split a connection's datagrams across endpoints.
+                h3: if index == 0 { h3.take() } else { None },
+                alt_svc: alt_svc.clone(),
+                http3: config.http3.clone(),
             };
             let core = core.clone();
             let acceptor = acceptor.clone();
@@ -493,7 +526,16 @@ fn run_worker(
     rt.block_on(async move {
         let serve = |socket: std::net::TcpListener, tls: Option<TlsAcceptor>| match TcpListener::from_std(socket) {
             Ok(socket) => {
-                let l = Listener::new(proxy.clone(), tls, limits.clone(), permits.clone(), drain.clone());
+                // HTTPS responses advertise HTTP/3 when it is served.
+                let alt_svc = tls.as_ref().and(parts.alt_svc.clone());
+                let l = Listener::new(
+                    proxy.clone(),
+                    tls,
+                    limits.clone(),
+                    permits.clone(),
+                    drain.clone(),
+                    alt_svc,
+                );
                 tokio::spawn(l.serve(socket));
             }
             Err(e) => {
@@ -505,6 +547,26 @@ fn run_worker(
         }
         if let (Some(s), Some(a)) = (parts.https, acceptor.clone()) {
             serve(s, Some(a));
+        }
+        if let Some((socket, server)) = parts.h3 {
+            match quinn::Endpoint::new(
+                quinn::EndpointConfig::default(),
+                Some(server),
+                socket,
+                Arc::new(quinn::TokioRuntime),
+            ) {
+                Ok(endpoint) => {
+                    let l = h3::H3Listener::new(
+                        proxy.clone(),
+                        limits.clone(),
+                        &parts.http3,
+                        permits.clone(),
+                        drain.clone(),
+                    );
+                    tokio::spawn(l.serve(endpoint));
+                }
+                Err(e) => tracing::error!(error = %e, "cannot register the HTTP/3 listener"),
+            }
         }
         core.serving.fetch_add(1, Ordering::Release);
         if let Some(s) = parts.admin {

@@ -39,6 +39,14 @@ pub enum TlsError {
         /// rustls' reason.
         source: rustls::Error,
     },
+    /// quinn refused the TLS settings for QUIC.
+    #[error("{context}: {message}")]
+    Quic {
+        /// What was being built.
+        context: String,
+        /// quinn's reason.
+        message: String,
+    },
 }
 
 /// The crypto provider the whole process uses (ring: one provider, no aws-lc build).
@@ -129,6 +137,13 @@ impl SniResolver {
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         self.set.load().find(hello.server_name())
+    }
+}
+
+impl SniResolver {
+    /// The crypto provider its keys were loaded with.
+    pub fn provider(&self) -> Arc<CryptoProvider> {
+        self.provider.clone()
     }
 }
 

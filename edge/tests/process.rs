@@ -274,3 +274,81 @@ async fn the_access_log_is_a_json_line_per_request_with_the_routing_decision() {
     assert_eq!(doc["jurisdiction"], "DE");
     assert!(doc["reason"].as_str().is_some_and(|r| !r.is_empty()), "{doc}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_gib_up_and_down_over_http3_streams_intact_within_64_mib_of_edge_memory() {
+    use futures_util::StreamExt;
+    let store = tempfile::tempdir().unwrap();
+    let p = SimProvider::start(SimConfig {
+        name: "disk".into(),
+        addr: "127.0.0.1:0".parse().unwrap(),
+        storage: Storage::Disk(store.path().to_owned()),
+        tls: None,
+        objects: None,
+    })
+    .await
+    .unwrap();
+    let certs = Certs::new();
+    certs.write("a", &["a.test"]);
+    let h3 = free_port();
+    let (toml, _, _, admin) = process_config(
+        p.addr,
+        true,
+        "[[tls.certificates]]\nname = \"a\"\nserver_names = [\"a.test\"]\ncert = \"a.crt\"\nkey = \"a.key\"\n",
+    );
+    let toml = toml.replace("[listeners]\n", &format!("[listeners]\nh3 = \"{h3}\"\n"));
+    let edge = EdgeProcess::start(write_config(certs.path(), &toml), admin).await;
+    let mut c = support::h3::Client::connect(h3, &certs.ca.cert_pem).await;
+
+    let (stream, crc) = gigabyte();
+    let mut put = c
+        .send
+        .send_request(
+            Request::put("https://a.test/big/object")
+                .header("content-length", GIB.to_string())
+                .body(())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let mut stream = std::pin::pin!(stream);
+    while let Some(frame) = stream.next().await {
+        put.send_data(frame.unwrap().into_data().unwrap()).await.unwrap();
+    }
+    put.finish().await.unwrap();
+    let r = put.recv_response().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers()["etag"],
+        format!("\"{crc:08x}\""),
+        "provider stored different bytes"
+    );
+    while put.recv_data().await.unwrap().is_some() {}
+
+    let mut get = c
+        .send
+        .send_request(Request::get("https://a.test/big/object").body(()).unwrap())
+        .await
+        .unwrap();
+    get.finish().await.unwrap();
+    let r = get.recv_response().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-length"], GIB.to_string());
+    let mut h = crc32fast::Hasher::new();
+    let mut n = 0u64;
+    while let Some(mut chunk) = get.recv_data().await.unwrap() {
+        use bytes::Buf;
+        let d = chunk.copy_to_bytes(chunk.remaining());
+        n += d.len() as u64;
+        h.update(&d);
+    }
+    assert_eq!(n, GIB);
+    assert_eq!(h.finalize(), crc, "downloaded bytes differ");
+
+    let peak = edge.peak_rss();
+    eprintln!(
+        "edge peak RSS after 1 GiB up + 1 GiB down over HTTP/3: {:.1} MiB",
+        peak as f64 / (1 << 20) as f64
+    );
+    assert!(peak < 64 << 20, "edge peak RSS {peak} bytes exceeds 64 MiB");
+}

@@ -74,29 +74,13 @@ impl Drop for Keep {
     }
 }
 
-/// Socket buffers for a client QUIC socket, which many clients may share (the scale
-/// benchmark); the kernel caps the request at `net.core.rmem_max` / `wmem_max`.
-const SOCKET_BUFFER: usize = 4 << 20;
-
 /// A client QUIC endpoint bound to `local`, with socket buffers large enough for
 /// many connections to share it without the kernel dropping bursts.
 pub fn client_endpoint(local: SocketAddr) -> std::io::Result<quinn::Endpoint> {
-    let socket = socket2::Socket::new(
-        socket2::Domain::for_address(local),
-        socket2::Type::DGRAM,
-        Some(socket2::Protocol::UDP),
-    )?;
-    if let Err(e) = socket
-        .set_recv_buffer_size(SOCKET_BUFFER)
-        .and_then(|()| socket.set_send_buffer_size(SOCKET_BUFFER))
-    {
-        tracing::warn!(error = %e, "cannot enlarge the QUIC socket buffers");
-    }
-    socket.bind(&local.into())?;
     quinn::Endpoint::new(
         quinn::EndpointConfig::default(),
         None,
-        socket.into(),
+        crate::runtime::bind_udp(local)?,
         Arc::new(quinn::TokioRuntime),
     )
 }
