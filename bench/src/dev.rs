@@ -220,7 +220,8 @@ fn cp_config_toml() -> String {
 fn edge_config() -> String {
     format!(
         "# Written by `meridian-bench dev`; regenerated on every start.\n\
-         [listeners]\nhttp = \"{EDGE_HTTP}\"\nhttps = \"{EDGE_HTTPS}\"\nadmin = \"{EDGE_ADMIN}\"\n\n\
+         # HTTP/3 on UDP, the same address as HTTPS on TCP (advertised by Alt-Svc).\n\
+         [listeners]\nhttp = \"{EDGE_HTTP}\"\nhttps = \"{EDGE_HTTPS}\"\nh3 = \"{EDGE_HTTPS}\"\nadmin = \"{EDGE_ADMIN}\"\n\n\
          [upstream]\nca_file = \"certs/ca.crt\"\n\n\
          [forwarding]\ntrusted_hops = [\"127.0.0.0/8\", \"::1\"]\n\n\
          [shutdown]\ndrain_timeout = \"5s\"\n\n\
@@ -268,7 +269,7 @@ fn print_banner(dir: &Path) {
     let ca = ca.display();
     println!(
         "\nMeridian dev deployment is up.\n\n\
-         edge      http://{EDGE_HTTP}   https://{EDGE_HTTPS}   admin http://{EDGE_ADMIN}\n\
+         edge      http://{EDGE_HTTP}   https://{EDGE_HTTPS} (TCP) and HTTP/3 on UDP {EDGE_HTTPS}   admin http://{EDGE_ADMIN}\n\
          providers cn-sh-1 :9101 (40 ms), cn-bj-1 :9102 (60 ms, HTTP/2) in CN; de-fra-1 :9103 (5 ms),\n\
          \x20         de-ber-1 :9104 (12 ms, TLS) in DE; us-va-1 :9105 (25 ms), us-or-1 :9106 (45 ms, HTTP/2) in US\n\
          \x20         (one-way network delay, added on the path by relays)\n\
@@ -281,7 +282,8 @@ fn print_banner(dir: &Path) {
          \x20 curl -si -H 'Host: eu.demo.local' -H 'x-meridian-explain: 1' http://{EDGE_HTTP}/_sim/echo\n\
          \x20 curl -si -H 'x-meridian-residency: FR' -H 'x-meridian-explain: 1' http://{EDGE_HTTP}/_sim/echo\n\
          \x20 curl -si --http2 --cacert {ca} --resolve us.demo.local:8443:127.0.0.1 -H 'x-meridian-explain: 1' https://us.demo.local:8443/_sim/echo\n\
-         \x20 curl -si http://{EDGE_ADMIN}/readyz\n\n\
+         \x20 curl -si http://{EDGE_ADMIN}/readyz\n\
+         \x20 ./target/debug/meridian-bench load --h3 --ca {ca} --host us.demo.local --target {EDGE_HTTPS} --get /_sim/echo --duration 3\n\n\
          Control plane: API https://{CP_ADMIN} (token dev-token), push {CP_PUSH} (QUIC, HTTP/2 fallback):\n\
          \x20 export MERIDIAN_TOKEN=dev-token MERIDIAN_CA={ca}\n\
          \x20 ./target/debug/meridian-cp edge status\n\

@@ -8,5 +8,6 @@ pub mod compare;
 pub mod dev;
 pub mod load;
 pub mod procs;
+pub mod protocols;
 pub mod push_scale;
 pub mod world;

@@ -44,8 +44,11 @@ pub enum Mode {
 pub enum Proto {
     /// HTTP/1.1, one request at a time per connection.
     H1,
-    /// HTTP/2 with prior knowledge (cleartext), streams multiplexed.
+    /// HTTP/2, streams multiplexed: prior knowledge in cleartext, or ALPN `h2`
+    /// over TLS when the spec has `tls`.
     H2,
+    /// HTTP/3 over QUIC (needs `tls`), streams multiplexed.
+    H3,
 }
 
 /// One kind of request in the mix.
@@ -106,6 +109,8 @@ pub struct LoadSpec {
     pub ops: Vec<Op>,
     /// Show a progress bar on stderr (only for runs of 3 s or more).
     pub progress: bool,
+    /// Speak TLS, trusting these roots, with `host` as the server name.
+    pub tls: Option<Arc<rustls::RootCertStore>>,
 }
 
 impl LoadSpec {
@@ -120,6 +125,7 @@ impl LoadSpec {
             connections,
             ops: vec![Op::get(path, 1)],
             progress: false,
+            tls: None,
         }
     }
 }
@@ -374,48 +380,124 @@ async fn progress_bar(start: Instant, duration: Duration, counters: Arc<Counters
 type H1 = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
 type H2 = hyper::client::conn::http2::SendRequest<Full<Bytes>>;
 
-/// The HTTP/2 connections workers share (HTTP/1.1 workers open their own).
+type H3 = h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>;
+
+/// The multiplexed connections workers share (HTTP/1.1 workers open their own).
 #[derive(Clone)]
 struct Connections {
     h2: Arc<Vec<H2>>,
+    h3: Arc<Vec<H3>>,
+    /// Keeps the QUIC endpoint alive for the run.
+    _endpoint: Option<quinn::Endpoint>,
 }
 
 impl Connections {
     async fn open(spec: &LoadSpec) -> anyhow::Result<Connections> {
-        let mut h2 = Vec::new();
-        if spec.proto == Proto::H2 {
-            // Enough connections that one TCP stream is not the bottleneck, few
-            // enough that streams really multiplex.
-            for _ in 0..spec.connections.div_ceil(16).min(8) {
-                h2.push(h2_client(spec.target).await?);
+        // Enough connections that one transport stream is not the bottleneck, few
+        // enough that streams really multiplex.
+        let count = spec.connections.div_ceil(16).min(8);
+        let (mut h2, mut h3) = (Vec::new(), Vec::new());
+        let mut endpoint = None;
+        match spec.proto {
+            Proto::H1 if spec.tls.is_some() => anyhow::bail!("HTTP/1.1 over TLS is not supported; use HTTP/2"),
+            Proto::H1 => {}
+            Proto::H2 => {
+                for _ in 0..count {
+                    h2.push(h2_client(spec).await?);
+                }
+            }
+            Proto::H3 => {
+                let Some(roots) = &spec.tls else {
+                    anyhow::bail!("HTTP/3 needs TLS: give the target's CA");
+                };
+                let tls = client_tls(roots, b"h3");
+                let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
+                let mut ep = quinn::Endpoint::client((std::net::Ipv4Addr::LOCALHOST, 0).into())?;
+                ep.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+                for _ in 0..count {
+                    let conn = ep.connect(spec.target, &spec.host)?.await?;
+                    let (mut driver, send) = h3::client::new(h3_quinn::Connection::new(conn)).await?;
+                    tokio::spawn(async move { std::future::poll_fn(|cx| driver.poll_close(cx)).await });
+                    h3.push(send);
+                }
+                endpoint = Some(ep);
             }
         }
-        Ok(Connections { h2: Arc::new(h2) })
+        Ok(Connections {
+            h2: Arc::new(h2),
+            h3: Arc::new(h3),
+            _endpoint: endpoint,
+        })
     }
 }
 
-async fn h2_client(addr: SocketAddr) -> anyhow::Result<H2> {
-    let tcp = tokio::net::TcpStream::connect(addr).await?;
+/// The certificates of a PEM file, as roots to trust.
+pub fn roots_from_pem(path: &std::path::Path) -> anyhow::Result<Arc<rustls::RootCertStore>> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::CertificateDer::pem_file_iter(path)? {
+        roots.add(cert?)?;
+    }
+    anyhow::ensure!(!roots.is_empty(), "{}: no certificate", path.display());
+    Ok(Arc::new(roots))
+}
+
+/// A TLS client trusting `roots`, offering `alpn` (TLS 1.3 only for HTTP/3).
+fn client_tls(roots: &Arc<rustls::RootCertStore>, alpn: &[u8]) -> Arc<rustls::ClientConfig> {
+    let versions: &[&'static rustls::SupportedProtocolVersion] = if alpn == b"h3" {
+        &[&rustls::version::TLS13]
+    } else {
+        rustls::DEFAULT_VERSIONS
+    };
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_protocol_versions(versions)
+        .unwrap_or_else(|_| unreachable!("ring supports TLS 1.2 and 1.3"))
+        .with_root_certificates(roots.clone())
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![alpn.to_vec()];
+    Arc::new(cfg)
+}
+
+async fn h2_client(spec: &LoadSpec) -> anyhow::Result<H2> {
+    let tcp = tokio::net::TcpStream::connect(spec.target).await?;
     tcp.set_nodelay(true)?;
-    let (send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-        .handshake(TokioIo::new(tcp))
-        .await?;
-    tokio::spawn(conn);
+    let builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
+    let send = match &spec.tls {
+        None => {
+            let (send, conn) = builder.handshake(TokioIo::new(tcp)).await?;
+            tokio::spawn(conn);
+            send
+        }
+        Some(roots) => {
+            let name = rustls_pki_types::ServerName::try_from(spec.host.clone())?;
+            let tls = tokio_rustls::TlsConnector::from(client_tls(roots, b"h2"))
+                .connect(name, tcp)
+                .await?;
+            let (send, conn) = builder.handshake(TokioIo::new(tls)).await?;
+            tokio::spawn(conn);
+            send
+        }
+    };
     Ok(send)
 }
 
 enum Client {
     H1(Option<H1>),
     H2(H2),
+    H3(H3),
 }
 
 impl Client {
     async fn send(&mut self, spec: &LoadSpec, op: &Op) -> anyhow::Result<(u64, bool)> {
+        if let Client::H3(send) = self {
+            return h3_exchange(send, spec, op).await;
+        }
+        let scheme = if spec.tls.is_some() { "https" } else { "http" };
         let req = http::Request::builder()
             .method(op.method.clone())
             .uri(match self {
                 Client::H1(_) => op.path.clone(),
-                Client::H2(_) => format!("http://{}{}", spec.host, op.path),
+                _ => format!("{scheme}://{}{}", spec.host, op.path),
             })
             .header("host", spec.host.as_str())
             .body(Full::new(op.body.clone()))?;
@@ -434,6 +516,7 @@ impl Client {
                 send.ready().await?;
                 send.send_request(req).await?
             }
+            Client::H3(_) => anyhow::bail!("HTTP/3 is sent by h3_exchange"),
         };
         let good = resp.status().is_success();
         let mut body = resp.into_body();
@@ -451,6 +534,28 @@ impl Client {
             *c = None;
         }
     }
+}
+
+/// One exchange over HTTP/3: returns the response body's length and whether it
+/// succeeded.
+async fn h3_exchange(send: &mut H3, spec: &LoadSpec, op: &Op) -> anyhow::Result<(u64, bool)> {
+    use bytes::Buf;
+    let req = http::Request::builder()
+        .method(op.method.clone())
+        .uri(format!("https://{}{}", spec.host, op.path))
+        .header("content-length", op.body.len())
+        .body(())?;
+    let mut stream = send.send_request(req).await?;
+    if !op.body.is_empty() {
+        stream.send_data(op.body.clone()).await?;
+    }
+    stream.finish().await?;
+    let resp = stream.recv_response().await?;
+    let mut n = 0u64;
+    while let Some(chunk) = stream.recv_data().await? {
+        n += chunk.remaining() as u64;
+    }
+    Ok((n, resp.status().is_success()))
 }
 
 struct WorkerResult {
@@ -474,6 +579,7 @@ async fn worker(
     let mut client = match spec.proto {
         Proto::H1 => Client::H1(None),
         Proto::H2 => Client::H2(conns.h2[k % conns.h2.len()].clone()),
+        Proto::H3 => Client::H3(conns.h3[k % conns.h3.len()].clone()),
     };
     let total_weight: u64 = spec.ops.iter().map(|o| u64::from(o.weight)).sum();
     let end = start + spec.duration;

@@ -53,7 +53,7 @@ enum Cmd {
     /// (coordinated-omission corrected) or closed loop; print latency quantiles
     /// (HDR histogram) and optionally JSON.
     Load {
-        /// Target address (host:port), cleartext.
+        /// Target address (host:port).
         #[arg(long)]
         target: SocketAddr,
         /// `Host` header.
@@ -75,9 +75,15 @@ enum Cmd {
         /// Closed loop: each connection sends as fast as answers come.
         #[arg(long)]
         closed: bool,
-        /// Speak HTTP/2 (prior knowledge) instead of HTTP/1.1.
-        #[arg(long)]
+        /// Speak HTTP/2 instead of HTTP/1.1 (prior knowledge, or ALPN with --ca).
+        #[arg(long, conflicts_with = "h3")]
         h2: bool,
+        /// Speak HTTP/3 over QUIC (needs --ca).
+        #[arg(long, requires = "ca")]
+        h3: bool,
+        /// Speak TLS to the target, trusting this CA (PEM); `--host` is the server name.
+        #[arg(long, value_name = "PEM")]
+        ca: Option<PathBuf>,
         /// Seconds to run.
         #[arg(long, default_value_t = 10)]
         duration: u64,
@@ -107,6 +113,22 @@ enum Cmd {
         /// `auto`: namespaces when they can be made here.
         #[arg(long, default_value = "auto", value_parser = ["auto", "namespaces", "loopback"])]
         network: String,
+    },
+    /// HTTP/3 against HTTP/2 (TLS) through one edge, same upstream, same run:
+    /// requests/s, latency at a fixed rate, edge CPU per request. Build with --release.
+    Protocols {
+        /// Seconds per phase.
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+        /// Fixed request rate for 1 KiB responses.
+        #[arg(long, default_value_t = 2000.0)]
+        rate: f64,
+        /// Streams in flight.
+        #[arg(long, default_value_t = 32)]
+        streams: usize,
+        /// Also write the markdown report to this file.
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// Subscribe many lightweight edge clients to one real control plane and time
     /// API change -> ACK, and control-plane memory per edge. Build with --release.
@@ -191,6 +213,22 @@ fn main() -> ExitCode {
                 println!("{report}");
                 Ok(())
             }
+            Cmd::Protocols {
+                duration,
+                rate,
+                streams,
+                out,
+            } => {
+                let report = meridian_bench::protocols::run_protocols(meridian_bench::protocols::ProtocolOptions {
+                    duration: Duration::from_secs(duration),
+                    rate,
+                    streams,
+                    out,
+                })
+                .await?;
+                println!("{report}");
+                Ok(())
+            }
             Cmd::PushScale { edges, changes, h2 } => {
                 let transport = if h2 {
                     meridian_edge::config::PushTransport::H2
@@ -233,6 +271,8 @@ fn main() -> ExitCode {
                 rate,
                 closed,
                 h2,
+                h3,
+                ca,
                 duration,
                 connections,
                 json,
@@ -268,11 +308,21 @@ fn main() -> ExitCode {
                     } else {
                         load::Mode::Open { rate }
                     },
-                    proto: if h2 { load::Proto::H2 } else { load::Proto::H1 },
+                    proto: if h3 {
+                        load::Proto::H3
+                    } else if h2 {
+                        load::Proto::H2
+                    } else {
+                        load::Proto::H1
+                    },
                     duration: Duration::from_secs(duration),
                     connections,
                     ops,
                     progress: !quiet,
+                    tls: match &ca {
+                        Some(path) => Some(load::roots_from_pem(path)?),
+                        None => None,
+                    },
                 };
                 let r = load::run(&spec).await?;
                 match json {

@@ -58,3 +58,42 @@ fn compare_produces_a_full_report() {
         let _ = std::fs::remove_file(svg_path);
     }
 }
+
+#[test]
+fn protocols_compares_http3_with_http2_through_the_edge() {
+    let out_file = tempfile::NamedTempFile::new().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_meridian-bench"))
+        .args([
+            "protocols",
+            "--duration",
+            "1",
+            "--rate",
+            "100",
+            "--streams",
+            "4",
+            "--out",
+        ])
+        .arg(out_file.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let report = std::fs::read_to_string(out_file.path()).unwrap();
+    for size in ["1 KiB", "1 MiB"] {
+        for proto in ["HTTP/2", "HTTP/3"] {
+            let row = report
+                .lines()
+                .find(|l| l.starts_with(&format!("| {size} | {proto} |")))
+                .unwrap_or_else(|| panic!("no row for {size} {proto}:\n{report}"));
+            let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+            let rps: f64 = cells[3].parse().unwrap();
+            assert!(rps > 0.0, "{row}");
+            assert_eq!(cells[6], "0", "errors in {row}");
+            if size == "1 KiB" {
+                let p99: f64 = cells[5].parse().unwrap_or_else(|_| panic!("no p99 in {row}"));
+                assert!(p99 > 0.0, "{row}");
+            }
+        }
+    }
+    assert!(report.contains("HTTP/3 relative to HTTP/2"), "{report}");
+}

@@ -143,6 +143,36 @@ fn dev_deployment_serves_on_the_documented_addresses_and_stops_on_ctrl_c() {
         "https://us.demo.local:8443/_sim/echo",
     ]);
     assert!(tls.starts_with("HTTP/2 200"), "{tls}");
+    assert_eq!(header(&tls, "alt-svc"), Some("h3=\":8443\"; ma=86400"), "{tls}");
+
+    // HTTP/3 on UDP 8443, with the load generator the banner suggests.
+    let h3 = Command::new(env!("CARGO_BIN_EXE_meridian-bench"))
+        .args(["load", "--h3", "--ca"])
+        .arg(&ca)
+        .args([
+            "--host",
+            "us.demo.local",
+            "--target",
+            "127.0.0.1:8443",
+            "--get",
+            "/_sim/echo",
+            "--rate",
+            "50",
+            "--duration",
+            "1",
+            "--quiet",
+            "--json",
+            "-",
+        ])
+        .output()
+        .unwrap();
+    assert!(h3.status.success(), "{}", String::from_utf8_lossy(&h3.stderr));
+    let h3: serde_json::Value = serde_json::from_slice(&h3.stdout).unwrap();
+    assert!(h3["ok"].as_u64().unwrap() >= 40, "{h3}");
+    assert_eq!(h3["errors"], 0, "{h3}");
+    // Both binaries serve Prometheus metrics.
+    assert!(curl(&["http://127.0.0.1:9901/metrics"]).contains("meridian_edge_requests_total"));
+    assert!(curl(&["http://127.0.0.1:7071/metrics"]).contains("meridian_cp_edges_connected"));
 
     // The edge's fleet came by push from the control plane, which knows the edge
     // runs its version.

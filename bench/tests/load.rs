@@ -23,6 +23,7 @@ fn spec(p: &SimProvider, mode: Mode, proto: Proto, ops: Vec<Op>, connections: us
         connections,
         ops,
         progress: false,
+        tls: None,
     }
 }
 

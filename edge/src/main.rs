@@ -109,6 +109,7 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
     tracing::info!(
         http = ?edge.http_addr,
         https = ?edge.https_addr,
+        h3 = ?edge.h3_addr,
         admin = ?edge.admin_addr,
         "meridian-edge serving"
     );
