@@ -233,8 +233,9 @@ async fn prometheus_sees_every_dashboard_and_alert_signal() {
         Command::new(sibling_binary("meridian-cp").unwrap())
             .args(["serve", "--log-format", "json", "--config"])
             .arg(&cp_config)
-            .env("MERIDIAN_LOG", "warn")
-            .stdout(Stdio::null()),
+            .env("MERIDIAN_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(d.join("cp.log")).unwrap()),
     )
     .unwrap();
     let target = Target {
@@ -290,8 +291,9 @@ async fn prometheus_sees_every_dashboard_and_alert_signal() {
             .arg(&access_log)
             .arg("--config")
             .arg(&edge_config)
-            .env("MERIDIAN_LOG", "warn")
-            .stdout(Stdio::null()),
+            .env("MERIDIAN_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(d.join("edge.log")).unwrap()),
     )
     .unwrap();
     wait_http(edge_admin, "/readyz", 200, Duration::from_secs(20))
@@ -482,9 +484,23 @@ async fn prometheus_sees_every_dashboard_and_alert_signal() {
         denied > 10.0 && denied == answered,
         "denied {denied}, answered 4xx {answered}"
     );
-    // The access log: one JSON line per request with the routing decision.
+    // Diagnostics were asked for as JSON: every line is an object, none is an access
+    // line, and each binary announced itself.
+    for (file, hello) in [("cp.log", "meridian-cp serving"), ("edge.log", "meridian-edge serving")] {
+        let text = std::fs::read_to_string(d.join(file)).unwrap();
+        let lines: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{file}: not JSON ({e}): {l}")))
+            .collect();
+        assert!(lines.iter().any(|l| l["fields"]["message"] == hello), "{file}:\n{text}");
+        assert!(lines.iter().all(|l| l["target"] != "meridian::access"), "{file}:\n{text}");
+    }
+
+    // The access log: one JSON line per request with the routing decision, and
+    // nothing else.
     let log = std::fs::read_to_string(&access_log).unwrap();
     let lines: Vec<Value> = log.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(lines.iter().all(|l| l["target"] == "meridian::access"), "{log}");
     assert!(lines.len() > 20, "{} access-log lines", lines.len());
     let routed = lines
         .iter()
