@@ -493,7 +493,10 @@ async fn prometheus_sees_every_dashboard_and_alert_signal() {
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{file}: not JSON ({e}): {l}")))
             .collect();
         assert!(lines.iter().any(|l| l["fields"]["message"] == hello), "{file}:\n{text}");
-        assert!(lines.iter().all(|l| l["target"] != "meridian::access"), "{file}:\n{text}");
+        assert!(
+            lines.iter().all(|l| l["target"] != "meridian::access"),
+            "{file}:\n{text}"
+        );
     }
 
     // The access log: one JSON line per request with the routing decision, and

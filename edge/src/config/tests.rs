@@ -144,6 +144,24 @@ fn example_config_in_deploy_is_valid() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/edge.example.toml");
     let src = std::fs::read_to_string(&path).unwrap();
     // Certificates are referenced relative to the file; check everything else.
-    let without_tls = src.split("\n[tls]").next().unwrap().replace("https = ", "# https = ");
-    EdgeConfig::parse(&without_tls, "edge.example.toml", path.parent().unwrap()).unwrap();
+    let without_tls = src
+        .split("\n[tls]")
+        .next()
+        .unwrap()
+        .replace("https = ", "# https = ")
+        .replace("h3 = ", "# h3 = ");
+    let cfg = EdgeConfig::parse(&without_tls, "edge.example.toml", path.parent().unwrap()).unwrap();
+    assert!(!cfg.http3.zero_rtt, "0-RTT must stay off in the example");
+}
+
+#[test]
+fn an_http3_listener_needs_certificates_and_names_its_key() {
+    let (line, key, message) = invalid(&MIN.replace("http = ", "h3 = "));
+    assert_eq!((line, key.as_str()), (3, "listeners.h3"), "{message}");
+    assert!(message.contains("[[tls.certificates]]"), "{message}");
+    let err = parse(&format!("{MIN}\n[http3]\nzero_rtt = \"yes\"\n"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("zero_rtt"), "{err}");
+    assert!(!parse(MIN).unwrap().http3.zero_rtt, "0-RTT is off by default");
 }
