@@ -73,13 +73,7 @@ pub async fn run(opts: CompareOptions) -> anyhow::Result<String> {
     let haproxy = ensure_installed("haproxy", "haproxy")?;
     let work = tempfile_dir()?;
 
-    let upstream = free_addr()?;
-    let me = std::env::current_exe()?;
-    let _upstream = Proc::spawn(
-        "upstream",
-        Command::new(&me).args(["upstream", "--addr", &upstream.to_string()]),
-    )?;
-    wait_http(upstream, "/_sim/delay?ms=0", 200, Duration::from_secs(20)).await?;
+    let (_upstream, upstream) = spawn_upstream().await?;
     put(upstream, "/obj-1k", vec![b'k'; 1024]).await?;
     put(upstream, "/obj-1m", vec![b'm'; 1 << 20]).await?;
 
@@ -185,6 +179,18 @@ pub async fn run(opts: CompareOptions) -> anyhow::Result<String> {
         std::fs::write(out, &report).with_context(|| format!("writing {}", out.display()))?;
     }
     Ok(report)
+}
+
+/// A simulated provider as its own process (`meridian-bench upstream`) on a free
+/// loopback port, answering once this returns.
+pub(crate) async fn spawn_upstream() -> anyhow::Result<(Proc, SocketAddr)> {
+    let addr = free_addr()?;
+    let proc_ = Proc::spawn(
+        "upstream",
+        Command::new(std::env::current_exe()?).args(["upstream", "--addr", &addr.to_string()]),
+    )?;
+    wait_http(addr, "/_sim/delay?ms=0", 200, Duration::from_secs(20)).await?;
+    Ok((proc_, addr))
 }
 
 fn nginx_config(work: &Path, listen: SocketAddr, upstream: SocketAddr) -> String {

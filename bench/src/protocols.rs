@@ -62,13 +62,7 @@ pub async fn run_protocols(opts: ProtocolOptions) -> anyhow::Result<String> {
     std::fs::write(dir.join("edge.crt"), &leaf.cert_pem)?;
     std::fs::write(dir.join("edge.key"), &leaf.key_pem)?;
 
-    let upstream = free_addr()?;
-    let me = std::env::current_exe()?;
-    let _upstream = Proc::spawn(
-        "upstream",
-        Command::new(&me).args(["upstream", "--addr", &upstream.to_string()]),
-    )?;
-    wait_http(upstream, "/_sim/delay?ms=0", 200, Duration::from_secs(20)).await?;
+    let (_upstream, upstream) = crate::compare::spawn_upstream().await?;
     store_object(upstream, "bench.local", "/obj-1k", 1024).await?;
     store_object(upstream, "bench.local", "/obj-1m", 1 << 20).await?;
 

@@ -6,14 +6,16 @@
 //! limit (each worker may hold one accepted connection waiting for a slot), and
 //! must never let a connection outlive the drain deadline's process exit.
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::HeaderValue;
+use http::{HeaderValue, Request, Response};
+use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
-use hyper::service::service_fn;
+use hyper::service::{Service, service_fn};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulConnection;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -22,6 +24,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
+use crate::body::ResponseBody;
 use crate::config::Limits;
 use crate::conn::{Check, ConnState};
 use crate::framing::{Guarded, Scanner};
@@ -160,20 +163,7 @@ impl Listener {
             state: state.clone(),
             guarded: true,
         });
-        let proxy = self.proxy.clone();
-        let alt_svc = self.alt_svc.clone();
-        let svc = service_fn(move |req| {
-            let proxy = proxy.clone();
-            let info = info.clone();
-            let alt_svc = alt_svc.clone();
-            async move {
-                let mut resp = proxy.handle(req, &info).await?;
-                if let Some(v) = alt_svc {
-                    resp.headers_mut().insert(http::header::ALT_SVC, v);
-                }
-                Ok::<_, std::convert::Infallible>(resp)
-            }
-        });
+        let svc = self.service(info);
         let conn = self.h1.serve_connection(io, svc);
         self.drive(conn, &state, peer).await;
     }
@@ -189,9 +179,22 @@ impl Listener {
             state: state.clone(),
             guarded: false,
         });
+        let svc = self.service(info);
+        let conn = self.h2.serve_connection(TokioIo::new(io), svc);
+        self.drive(conn, &state, peer).await;
+    }
+
+    /// The per-connection service: the proxy, plus `Alt-Svc` when HTTP/3 is served.
+    fn service(
+        &self,
+        info: Arc<ConnInfo>,
+    ) -> impl Service<Request<Incoming>, Response = Response<ResponseBody>, Error = Infallible, Future: Send + 'static>
+    + Clone
+    + Send
+    + 'static {
         let proxy = self.proxy.clone();
         let alt_svc = self.alt_svc.clone();
-        let svc = service_fn(move |req| {
+        service_fn(move |req| {
             let proxy = proxy.clone();
             let info = info.clone();
             let alt_svc = alt_svc.clone();
@@ -200,11 +203,9 @@ impl Listener {
                 if let Some(v) = alt_svc {
                     resp.headers_mut().insert(http::header::ALT_SVC, v);
                 }
-                Ok::<_, std::convert::Infallible>(resp)
+                Ok::<_, Infallible>(resp)
             }
-        });
-        let conn = self.h2.serve_connection(TokioIo::new(io), svc);
-        self.drive(conn, &state, peer).await;
+        })
     }
 
     /// Runs a connection to completion while enforcing idle and header timeouts and
