@@ -361,3 +361,38 @@ async fn idle_connections_close_and_the_connection_cap_holds_new_ones() {
         .unwrap();
     assert_eq!(status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sni_picks_the_same_certificates_as_https() {
+    let p = provider("p1").await;
+    let certs = Certs::new();
+    let a = certs.write("a", &["a.test"]);
+    let b = certs.write("b", &["*.b.test"]);
+    let toml = config_toml(
+        p.addr,
+        true,
+        "[[tls.certificates]]\nname = \"a\"\nserver_names = [\"a.test\"]\ncert = \"a.crt\"\nkey = \"a.key\"\n\
+         [[tls.certificates]]\nname = \"b\"\nserver_names = [\"*.b.test\"]\ncert = \"b.crt\"\nkey = \"b.key\"\n",
+    )
+    .replace(
+        "https = \"127.0.0.1:0\"\n",
+        "https = \"127.0.0.1:0\"\nh3 = \"127.0.0.1:0\"\n",
+    );
+    let e = edge(&toml, certs.path()).await;
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(client_crypto(&certs.ca.cert_pem, false));
+    for (name, leaf) in [("a.test", &a), ("x.b.test", &b)] {
+        let conn = endpoint.connect(e.h3_addr.unwrap(), name).unwrap().await.unwrap();
+        let chain = conn
+            .peer_identity()
+            .unwrap()
+            .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+            .unwrap();
+        let expected = rustls_pki_types::pem::PemObject::from_pem_slice(leaf.cert_pem.as_bytes()).unwrap();
+        let expected: rustls::pki_types::CertificateDer<'static> = expected;
+        assert_eq!(chain[0], expected, "certificate served for {name}");
+        conn.close(0u32.into(), b"");
+    }
+    // A name no certificate covers gets no handshake, as on TCP.
+    assert!(endpoint.connect(e.h3_addr.unwrap(), "c.test").unwrap().await.is_err());
+}
