@@ -125,6 +125,7 @@ impl Proxy {
         // provider for a while, longer than an arc-swap guard should be held.
         let snap = self.snapshot.load_full();
         let method = req.method().clone();
+        let version = req.version();
         match forward(&snap, &self.learned, req, conn, started).await {
             Ok(Forwarded {
                 response,
@@ -144,6 +145,7 @@ impl Proxy {
                     tracing::info!(
                         target: "meridian::access",
                         method = %method,
+                        protocol = ?version,
                         status = parts.status.as_u16(),
                         origin = d.origin.label(),
                         origin_source = d.origin.source_label(),
@@ -173,6 +175,7 @@ impl Proxy {
                     tracing::info!(
                         target: "meridian::access",
                         method = %method,
+                        protocol = ?version,
                         status = resp.status().as_u16(),
                         origin = origin.as_ref().map_or("unknown", |o| o.label()),
                         origin_source = origin.as_ref().map_or("none", |o| o.source_label()),

@@ -265,6 +265,7 @@ async fn the_access_log_is_a_json_line_per_request_with_the_routing_decision() {
     let doc: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
     assert_eq!(doc["target"], "meridian::access");
     assert_eq!(doc["method"], "GET");
+    assert_eq!(doc["protocol"], "HTTP/1.1");
     assert_eq!(doc["status"], 200);
     // No source knew the origin; the policy's `unknown_origin = "DE"` stood in.
     assert_eq!(doc["origin"], "unknown");
