@@ -396,3 +396,26 @@ async fn sni_picks_the_same_certificates_as_https() {
     // A name no certificate covers gets no handshake, as on TCP.
     assert!(endpoint.connect(e.h3_addr.unwrap(), "c.test").unwrap().await.is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_never_sends_its_body_is_reset_not_held() {
+    let p = provider("p1").await;
+    let (e, certs) = h3_edge(&p, "[limits]\nheader_read_timeout = \"300ms\"\n").await;
+    let mut c = Client::connect(e.h3_addr.unwrap(), &certs.ca.cert_pem).await;
+    // No length and no data: the edge cannot know whether a body follows.
+    let mut stream = c
+        .send
+        .send_request(Request::post("https://a.test/bucket/slow").body(()).unwrap())
+        .await
+        .unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(10), stream.recv_response())
+        .await
+        .expect("the edge held the stream");
+    assert!(answer.is_err(), "expected a reset stream, got {answer:?}");
+    assert_eq!(p.requests(), 0, "nothing reached the provider");
+    // The connection itself still serves.
+    let (status, _, _) = exchange(&mut c.send, Method::GET, "/_sim/echo", &[], &[])
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+}

@@ -189,13 +189,13 @@ impl H3Listener {
                 r = h3.accept(), if !draining => match r {
                     Ok(Some(resolver)) => {
                         let (proxy, info, done) = (self.proxy.clone(), info.clone(), handshake.clone());
-                        let conn = conn.clone();
+                        let (conn, head_timeout) = (conn.clone(), self.limits.header_read_timeout.0);
                         requests.spawn(async move {
                             // A client that goes away mid-request ends it at once: an
                             // upstream exchange waiting on a slow provider is dropped,
                             // not left to time out.
                             tokio::select! {
-                                () = request(resolver, proxy, info, done) => {}
+                                () = request(resolver, proxy, info, done, head_timeout) => {}
                                 _ = conn.closed() => {}
                             }
                         });
@@ -263,16 +263,25 @@ impl Handshake {
 
 /// One request stream: read the head, route and forward it through the proxy,
 /// stream the answer back.
+///
+/// The head, and the first body frame of a request without a length, must arrive
+/// within `head_timeout` (`limits.header_read_timeout`), so that a slow client cannot
+/// hold stream slots before routing; the stream is reset otherwise.
 async fn request(
     resolver: h3::server::RequestResolver<h3_quinn::Connection, Bytes>,
     proxy: Arc<Proxy>,
     info: Arc<ConnInfo>,
     handshake: Handshake,
+    head_timeout: Duration,
 ) {
-    let (req, stream) = match resolver.resolve_request().await {
-        Ok(x) => x,
-        Err(e) => {
+    let (req, stream) = match tokio::time::timeout(head_timeout, resolver.resolve_request()).await {
+        Ok(Ok(x)) => x,
+        Ok(Err(e)) => {
             tracing::debug!(peer = %info.peer, error = %e, "bad HTTP/3 request");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(peer = %info.peer, "HTTP/3 request head too slow");
             return;
         }
     };
@@ -282,10 +291,15 @@ async fn request(
         tracing::debug!(peer = %info.peer, method = %req.method(), "refused an unsafe method in early data");
         Refusal::TooEarly.into_response(None)
     } else {
-        let body = match RequestBody::open(recv, req.headers()).await {
-            Ok(b) => b,
-            Err(e) => {
+        let body = match tokio::time::timeout(head_timeout, RequestBody::open(recv, req.headers())).await {
+            Ok(Ok(b)) => b,
+            Ok(Err(e)) => {
                 tracing::debug!(peer = %info.peer, error = %e, "HTTP/3 request body failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(peer = %info.peer, "HTTP/3 request without a length sent no data in time");
+                send.stop_stream(h3::error::Code::H3_REQUEST_INCOMPLETE);
                 return;
             }
         };
