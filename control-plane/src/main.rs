@@ -195,7 +195,7 @@ fn store_exercise(data: &std::path::Path, count: u32) -> anyhow::Result<()> {
 fn serve(path: &std::path::Path, log_format: meridian_telemetry::LogFormat) -> anyhow::Result<()> {
     use anyhow::Context;
     // The control plane writes no access log: API calls are counted in its metrics.
-    meridian_telemetry::init_logging(log_format, &meridian_telemetry::AccessLog::Off)?;
+    let _ = meridian_telemetry::init_logging(log_format, &meridian_telemetry::AccessLog::Off)?;
     meridian_telemetry::recorder();
     let cfg = meridian_cp::config::CpConfig::load(path)?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;

@@ -23,7 +23,8 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Serve with the given config. SIGHUP reloads the config file and certificates
-    /// (a bad file is refused and the running config kept); SIGTERM or SIGINT drain
+    /// (a bad file is refused and the running config kept) and reopens the access-log
+    /// file; SIGTERM or SIGINT drain
     /// in-flight requests up to `shutdown.drain_timeout`, then exit 0.
     Run {
         /// Path of the TOML config file.
@@ -33,9 +34,9 @@ enum Command {
         /// `info` or `meridian_edge=debug`).
         #[arg(long, value_enum, default_value_t = LogFormat::Human)]
         log_format: LogFormat,
-        /// Where the access log goes: `stdout`, `off`, or a file to append to. One
-        /// JSON line per request with its routing decision; `log.access` in the config
-        /// switches it on and off at reload.
+        /// Where the access log goes: `stdout`, `off`, or a file to append to (reopened
+        /// on SIGHUP, for log rotation). One JSON line per request with its routing
+        /// decision; `log.access` in the config switches it on and off at reload.
         #[arg(long, default_value = "stdout", value_name = "stdout|off|PATH")]
         access_log: AccessLog,
     },
@@ -65,10 +66,13 @@ fn main() -> ExitCode {
             log_format,
             access_log,
         } => {
-            if let Err(e) = init_logging(log_format, &access_log) {
-                eprintln!("error: {e}");
-                return ExitCode::FAILURE;
-            }
+            let access_file = match init_logging(log_format, &access_log) {
+                Ok(f) => f,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
             meridian_edge::record::install();
             let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
                 Ok(rt) => rt,
@@ -77,7 +81,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(run(config)) {
+            match runtime.block_on(run(config, access_file)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e:#}");
@@ -98,7 +102,7 @@ fn check(file: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn run(path: PathBuf) -> anyhow::Result<()> {
+async fn run(path: PathBuf, access_file: Option<meridian_telemetry::AccessFile>) -> anyhow::Result<()> {
     let config = EdgeConfig::load(&path)?;
     // Handlers first: once the listeners are up (readiness answers), a SIGHUP or
     // SIGTERM must be handled, not take the default action and kill the process.
@@ -118,6 +122,12 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = hup.recv() => {
+                // After rotation moved the access log away, write to a new file.
+                if let Some(f) = &access_file {
+                    if let Err(e) = f.reopen() {
+                        tracing::error!("cannot reopen the access log, still writing the old file: {e}");
+                    }
+                }
                 match EdgeConfig::load(&path).map_err(anyhow::Error::from).and_then(|c| edge.reload(c).map_err(anyhow::Error::from)) {
                     Ok(()) => tracing::info!(config = %path.display(), "reloaded config and certificates"),
                     Err(e) => tracing::error!(config = %path.display(), "reload refused, keeping the running config: {e:#}"),

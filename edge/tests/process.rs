@@ -353,3 +353,46 @@ async fn one_gib_up_and_down_over_http3_streams_intact_within_64_mib_of_edge_mem
     );
     assert!(peak < 64 << 20, "edge peak RSS {peak} bytes exceeds 64 MiB");
 }
+
+#[tokio::test]
+async fn sighup_reopens_the_access_log_file_after_rotation() {
+    let p = provider("p1").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (toml, http, _, admin) = process_config(p.addr, false, "");
+    let access = dir.path().join("access.log");
+    let edge = EdgeProcess::start_with_access_file(write_config(dir.path(), &toml), admin, &access).await;
+    let lines = |path: &Path| std::fs::read_to_string(path).map(|t| t.lines().count()).unwrap_or(0);
+    assert_eq!(get(http, "x", "/_sim/echo").await.status(), 200);
+    poll_until(Duration::from_secs(10), || async {
+        (lines(&access) == 1).then_some(())
+    })
+    .await;
+
+    // Rotation moves the file away; until SIGHUP the edge keeps writing to it.
+    let rotated = dir.path().join("access.log.1");
+    std::fs::rename(&access, &rotated).unwrap();
+    assert_eq!(get(http, "x", "/_sim/echo").await.status(), 200);
+    poll_until(Duration::from_secs(10), || async {
+        (lines(&rotated) == 2).then_some(())
+    })
+    .await;
+    edge.signal(Signal::SIGHUP);
+    // Once the signal is handled, lines go to a new file at the configured path.
+    poll_until(Duration::from_secs(10), || async {
+        assert_eq!(get(http, "x", "/_sim/echo").await.status(), 200);
+        (lines(&access) >= 1).then_some(())
+    })
+    .await;
+    let new = std::fs::read_to_string(&access).unwrap();
+    let doc: serde_json::Value = serde_json::from_str(new.lines().next().unwrap()).unwrap();
+    assert_eq!(doc["provider"], "p1");
+    let old_lines = lines(&rotated);
+    assert!(old_lines >= 2, "the rotated file keeps its lines");
+    // Nothing more reaches the rotated file.
+    assert_eq!(get(http, "x", "/_sim/echo").await.status(), 200);
+    poll_until(Duration::from_secs(10), || async {
+        (lines(&access) >= 2).then_some(())
+    })
+    .await;
+    assert_eq!(lines(&rotated), old_lines);
+}

@@ -94,7 +94,7 @@ pub enum LogFormat {
 pub enum AccessLog {
     /// JSON lines on stdout.
     Stdout,
-    /// JSON lines appended to this file (opened once; rotate with copy-truncate).
+    /// JSON lines appended to this file; [`AccessFile::reopen`] follows rotation.
     File(PathBuf),
     /// Not written.
     Off,
@@ -130,10 +130,64 @@ pub enum LogError {
     },
 }
 
+/// The access-log file, reopened on request so that log rotation can move it away.
+#[derive(Clone, Debug)]
+pub struct AccessFile {
+    path: PathBuf,
+    file: std::sync::Arc<Mutex<File>>,
+}
+
+impl AccessFile {
+    fn open(path: &std::path::Path) -> Result<AccessFile, LogError> {
+        let file = open_append(path).map_err(|source| LogError::AccessFile {
+            path: path.to_owned(),
+            source,
+        })?;
+        Ok(AccessFile {
+            path: path.to_owned(),
+            file: std::sync::Arc::new(Mutex::new(file)),
+        })
+    }
+
+    /// Opens the path again (creating it if rotation moved it away); lines written
+    /// from now on go to the new file. On failure the old file keeps receiving them.
+    pub fn reopen(&self) -> Result<(), LogError> {
+        let fresh = open_append(&self.path).map_err(|source| LogError::AccessFile {
+            path: self.path.clone(),
+            source,
+        })?;
+        *self.file.lock().unwrap_or_else(|p| p.into_inner()) = fresh;
+        Ok(())
+    }
+}
+
+/// One access-log line's writer: holds the file for the line, so lines never
+/// interleave.
+pub struct AccessLine<'a>(std::sync::MutexGuard<'a, File>);
+
+impl io::Write for AccessLine<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for AccessFile {
+    type Writer = AccessLine<'a>;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        AccessLine(self.file.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
 /// Installs the global subscriber: diagnostics on stderr in `format`, filtered by
 /// `MERIDIAN_LOG` (default `info`); access-log events as flat JSON lines to `access`,
-/// whatever the diagnostics' level.
-pub fn init_logging(format: LogFormat, access: &AccessLog) -> Result<(), LogError> {
+/// whatever the diagnostics' level. Returns the access-log file, when there is one,
+/// for reopening after rotation.
+pub fn init_logging(format: LogFormat, access: &AccessLog) -> Result<Option<AccessFile>, LogError> {
     use tracing_subscriber::filter::{FilterFn, filter_fn};
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
@@ -165,14 +219,13 @@ pub fn init_logging(format: LogFormat, access: &AccessLog) -> Result<(), LogErro
             .with_filter(filter_fn(|m| m.target() == ACCESS_TARGET))
             .boxed()
     };
+    let mut reopen = None;
     let access = match access {
         AccessLog::Stdout => Some(access_layer(fmt::writer::BoxMakeWriter::new(io::stdout))),
         AccessLog::File(path) => {
-            let file = open_append(path).map_err(|source| LogError::AccessFile {
-                path: path.clone(),
-                source,
-            })?;
-            Some(access_layer(fmt::writer::BoxMakeWriter::new(Mutex::new(file))))
+            let file = AccessFile::open(path)?;
+            reopen = Some(file.clone());
+            Some(access_layer(fmt::writer::BoxMakeWriter::new(file)))
         }
         AccessLog::Off => None,
     };
@@ -181,7 +234,7 @@ pub fn init_logging(format: LogFormat, access: &AccessLog) -> Result<(), LogErro
         .with(diagnostics)
         .with(access)
         .try_init();
-    Ok(())
+    Ok(reopen)
 }
 
 fn open_append(path: &std::path::Path) -> io::Result<File> {

@@ -272,13 +272,32 @@ impl EdgeProcess {
         Self::spawn_with(config, admin, Stdio::inherit(), Stdio::from(file)).await
     }
 
+    /// As [`start`](Self::start), with the access log appended to the file `access`
+    /// (`--access-log`).
+    pub async fn start_with_access_file(config: PathBuf, admin: SocketAddr, access: &Path) -> EdgeProcess {
+        let args = ["--access-log".into(), access.as_os_str().to_owned()];
+        Self::spawn_args(config, admin, Stdio::inherit(), Stdio::inherit(), &args).await
+    }
+
     async fn spawn(config: PathBuf, admin: SocketAddr, stderr: Stdio) -> EdgeProcess {
         Self::spawn_with(config, admin, stderr, Stdio::inherit()).await
     }
 
     async fn spawn_with(config: PathBuf, admin: SocketAddr, stderr: Stdio, stdout: Stdio) -> EdgeProcess {
+        Self::spawn_args(config, admin, stderr, stdout, &[]).await
+    }
+
+    async fn spawn_args(
+        config: PathBuf,
+        admin: SocketAddr,
+        stderr: Stdio,
+        stdout: Stdio,
+        args: &[std::ffi::OsString],
+    ) -> EdgeProcess {
         let child = Command::new(env!("CARGO_BIN_EXE_meridian-edge"))
-            .args(["run", "--config"])
+            .arg("run")
+            .args(args)
+            .arg("--config")
             .arg(&config)
             .env("MERIDIAN_LOG", "info")
             .stdin(Stdio::null())
