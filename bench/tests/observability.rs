@@ -469,6 +469,16 @@ async fn prometheus_sees_every_dashboard_and_alert_signal() {
         t.await.unwrap();
     }
 
+    // Every client connection closed: the open-connections gauge is back to zero,
+    // and each was counted.
+    poll(Duration::from_secs(20), "open connections back to 0", || async {
+        let text = scrape(edge_admin).await;
+        (sample(&text, "meridian_edge_open_connections{protocol=\"http1\"}") == 0.0).then_some(())
+    })
+    .await;
+    let text = scrape(edge_admin).await;
+    assert!(sample(&text, "meridian_edge_connections_total{protocol=\"http1\"}") > 100.0);
+
     // Each denied request is counted once as fail-closed and once as a 451 answered
     // by the edge (traffic has stopped).
     let edge_text = scrape(edge_admin).await;

@@ -29,6 +29,7 @@ use crate::config::Limits;
 use crate::conn::{Check, ConnState};
 use crate::framing::{Guarded, Scanner};
 use crate::proxy::{ConnInfo, Proxy};
+use crate::record;
 
 pub mod h3;
 
@@ -154,6 +155,7 @@ impl Listener {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        let _open = record::connection("http1");
         let state = ConnState::new(Instant::now(), true);
         let scanner = Scanner::new(self.limits.max_header_bytes as usize, self.limits.max_headers as usize);
         let io = TokioIo::new(Guarded::new(io, scanner, state.clone()));
@@ -172,6 +174,7 @@ impl Listener {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        let _open = record::connection("h2");
         let state = ConnState::new(Instant::now(), false);
         let info = Arc::new(ConnInfo {
             peer,

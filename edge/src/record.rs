@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use http::{Method, StatusCode};
 use meridian_proto::{Jurisdiction, ProviderSpec, ProviderState};
-use metrics::{Counter, Histogram, SharedString, counter, gauge, histogram};
+use metrics::{Counter, Gauge, Histogram, SharedString, counter, gauge, histogram};
 use tokio::time::Instant;
 
 use crate::origin::Origin;
@@ -39,6 +39,29 @@ pub const PROBE_BANDWIDTH: &str = "meridian_edge_probe_bandwidth_bytes_per_secon
 pub const PROBES: &str = "meridian_edge_probes_total";
 /// Bytes downloaded by bandwidth probes (egress costs money).
 pub const PROBE_BYTES: &str = "meridian_edge_probe_received_bytes_total";
+
+/// Client connections accepted, by protocol (`http1`, `h2`, `h3`).
+pub const CONNECTIONS: &str = "meridian_edge_connections_total";
+/// Client connections open now, by protocol.
+pub const OPEN_CONNECTIONS: &str = "meridian_edge_open_connections";
+
+/// Counts a client connection and keeps it in the open gauge until dropped.
+#[derive(Debug)]
+pub struct OpenConnection(Gauge);
+
+/// A client connection of `protocol` (`http1`, `h2`, `h3`) was accepted.
+pub fn connection(protocol: &'static str) -> OpenConnection {
+    counter!(CONNECTIONS, "protocol" => protocol).increment(1);
+    let open = gauge!(OPEN_CONNECTIONS, "protocol" => protocol);
+    open.increment(1.0);
+    OpenConnection(open)
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
+}
 
 /// `read` (GET, HEAD), `write` (PUT, POST, PATCH, DELETE) or `other`.
 pub fn method_class(m: &Method) -> &'static str {
@@ -267,6 +290,8 @@ pub fn install() {
     use metrics::{describe_counter as c, describe_gauge as g, describe_histogram as h};
     meridian_telemetry::recorder();
     started_unix();
+    c!(CONNECTIONS, "Client connections accepted, by protocol (http1, h2, h3).");
+    g!(OPEN_CONNECTIONS, "Client connections open now, by protocol.");
     c!(
         REQUESTS,
         "Requests answered, by provider (none: answered by the edge), provider jurisdiction, origin, method class and status class."

@@ -28,6 +28,7 @@ use crate::config::{Http3Config, Limits};
 use crate::conn::ConnState;
 use crate::headers;
 use crate::proxy::{ConnInfo, Proxy};
+use crate::record;
 use crate::respond::Refusal;
 use crate::tls::{SniResolver, TlsError};
 
@@ -172,6 +173,7 @@ impl H3Listener {
                 return;
             }
         };
+        let _open = record::connection("h3");
         let info = Arc::new(ConnInfo {
             peer,
             proto: "https",
