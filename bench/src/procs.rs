@@ -187,6 +187,27 @@ async fn status_of(addr: SocketAddr, path: &str) -> anyhow::Result<u16> {
     Ok(send.send_request(req).await?.status().as_u16())
 }
 
+/// The Prometheus text a process serves at `addr/metrics`.
+pub async fn scrape_metrics(addr: SocketAddr) -> anyhow::Result<String> {
+    use http_body_util::{BodyExt, Empty};
+    let mut send = h1_client(addr).await?;
+    let req = http::Request::get("/metrics")
+        .header("host", "localhost")
+        .body(Empty::<bytes::Bytes>::new())?;
+    let resp = send.send_request(req).await?;
+    anyhow::ensure!(resp.status() == 200, "{addr}/metrics answered {}", resp.status());
+    Ok(String::from_utf8(
+        resp.into_body().collect().await?.to_bytes().to_vec(),
+    )?)
+}
+
+/// The value of the exposition-text sample whose series (name and labels, as
+/// rendered) is `series`.
+pub fn metric_value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+}
+
 /// The binary, installing its Debian package first when it is missing (as root).
 pub fn ensure_installed(bin: &str, package: &str) -> anyhow::Result<PathBuf> {
     if let Ok(p) = which(bin) {

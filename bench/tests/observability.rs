@@ -170,23 +170,6 @@ fn promtool(args: &[&str], stdin: Option<&str>) -> String {
     text
 }
 
-/// The value of the exposition line starting with `series`.
-fn sample(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
-        .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
-}
-
-async fn scrape(addr: SocketAddr) -> String {
-    let req = http::Request::get("/metrics")
-        .header("host", "localhost")
-        .body(Full::new(Bytes::new()))
-        .unwrap();
-    let (status, body) = exchange(addr, req).await.unwrap();
-    assert_eq!(status, 200);
-    String::from_utf8(body.to_vec()).unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_sees_every_dashboard_and_alert_signal() {
     let prometheus_bin = ensure_installed("prometheus", "prometheus").unwrap();
@@ -540,4 +523,14 @@ async fn prometheus_sees_every_dashboard_and_alert_signal() {
 
     prometheus.stop(Duration::from_secs(10)).unwrap();
     edge.stop(Duration::from_secs(10)).unwrap();
+}
+
+/// The Prometheus text at `addr/metrics`.
+async fn scrape(addr: SocketAddr) -> String {
+    meridian_bench::procs::scrape_metrics(addr).await.unwrap()
+}
+
+/// The value of `series` in `text`, which must hold it.
+fn sample(text: &str, series: &str) -> f64 {
+    meridian_bench::procs::metric_value(text, series).unwrap_or_else(|| panic!("no {series} in:\n{text}"))
 }

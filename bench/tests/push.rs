@@ -37,6 +37,8 @@ struct Cluster {
     providers: Vec<SimProvider>,
     cp: Option<Proc>,
     cp_config: PathBuf,
+    /// The control plane's `/metrics` listener.
+    cp_telemetry: SocketAddr,
     target: Target,
     edges: Vec<EdgeProc>,
 }
@@ -64,6 +66,7 @@ impl Cluster {
         }
         let admin = free_port();
         let push = free_port();
+        let cp_telemetry = free_port();
         let cp_config = dir.path().join("cp.toml");
         std::fs::write(
             &cp_config,
@@ -71,7 +74,7 @@ impl Cluster {
                 "data_dir = \"cp-data\"\n[admin]\nlisten = \"{admin}\"\ncert = \"cp.crt\"\nkey = \"cp.key\"\n\
                  [[admin.tokens]]\nname = \"t\"\nsha256 = \"{}\"\n\
                  [push]\nlisten = \"{push}\"\ncert = \"cp.crt\"\nkey = \"cp.key\"\nclient_ca = \"ca.crt\"\nquic = {}\n\
-                 [fleet_health]\nmin_edges = 2\nfraction = 0.5\n",
+                 [fleet_health]\nmin_edges = 2\nfraction = 0.5\n[telemetry]\nlisten = \"{cp_telemetry}\"\n",
                 meridian_cp::config::hash_token(TOKEN),
                 opts.quic
             ),
@@ -88,6 +91,7 @@ impl Cluster {
             providers,
             cp: None,
             cp_config,
+            cp_telemetry,
             target,
             edges: Vec::new(),
         };
@@ -375,7 +379,21 @@ async fn a_version_an_edge_refuses_is_nacked_and_the_previous_one_keeps_serving(
             "{} half-applied",
             e.id
         );
+        // Each edge counts its refusal; the control plane counts every edge's.
+        let text = scrape(e.admin).await;
+        assert_eq!(
+            sample(&text, "meridian_edge_config_versions_total{result=\"nack\"}"),
+            1.0,
+            "{text}"
+        );
     }
+    let text = scrape(c.cp_telemetry).await;
+    assert_eq!(
+        sample(&text, "meridian_cp_edge_answers_total{result=\"nack\"}"),
+        3.0,
+        "{text}"
+    );
+    assert_eq!(sample(&text, "meridian_cp_edges_refusing"), 3.0, "{text}");
     // The next good version is taken, and clears the NACK.
     let v2 = c.put_fleet(&["FR"], "active").await;
     all_served_by(&c, "p-fr", Duration::from_secs(5)).await;
@@ -389,6 +407,7 @@ async fn a_version_an_edge_refuses_is_nacked_and_the_previous_one_keeps_serving(
             .then_some(())
     })
     .await;
+    assert_eq!(sample(&scrape(c.cp_telemetry).await, "meridian_cp_edges_refusing"), 0.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -534,4 +553,14 @@ async fn the_scale_benchmark_runs_and_every_edge_acks_every_change() {
     assert!(report.contains("| edges subscribed (Quic) | 20 "), "{report}");
     assert!(report.contains("| API changes timed | 2 |"), "{report}");
     assert!(report.contains("| target p99 under 1 s | "), "{report}");
+}
+
+/// The Prometheus text at `addr/metrics`.
+async fn scrape(addr: SocketAddr) -> String {
+    meridian_bench::procs::scrape_metrics(addr).await.unwrap()
+}
+
+/// The value of `series` in `text`, which must hold it.
+fn sample(text: &str, series: &str) -> f64 {
+    meridian_bench::procs::metric_value(text, series).unwrap_or_else(|| panic!("no {series} in:\n{text}"))
 }

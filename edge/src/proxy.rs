@@ -145,7 +145,7 @@ impl Proxy {
                     tracing::info!(
                         target: "meridian::access",
                         method = %method,
-                        protocol = ?version,
+                        protocol = protocol_label(version),
                         status = parts.status.as_u16(),
                         origin = d.origin.label(),
                         origin_source = d.origin.source_label(),
@@ -175,7 +175,7 @@ impl Proxy {
                     tracing::info!(
                         target: "meridian::access",
                         method = %method,
-                        protocol = ?version,
+                        protocol = protocol_label(version),
                         status = resp.status().as_u16(),
                         origin = origin.as_ref().map_or("unknown", |o| o.label()),
                         origin_source = origin.as_ref().map_or("none", |o| o.source_label()),
@@ -509,6 +509,17 @@ fn route_header(target: &Target) -> Option<HeaderValue> {
         d.reason.as_str()
     );
     HeaderValue::from_str(&v).ok()
+}
+
+/// `HTTP/1.1`, `HTTP/2`, `HTTP/3` (`Version`'s `Debug` says `HTTP/2.0`).
+fn protocol_label(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_2 => "HTTP/2",
+        Version::HTTP_3 => "HTTP/3",
+        _ => "HTTP/1.1",
+    }
 }
 
 /// The host part of a `Host` value, lower-cased; borrowed when it already is.

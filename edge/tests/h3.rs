@@ -140,6 +140,13 @@ async fn fail_closed_answers_are_the_same_over_http3() {
     let doc: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(doc["error"], "residency_denied", "{doc}");
     assert_eq!(p.requests(), 0, "a refused request reached the provider");
+    // The same request limits as TCP: a target over max_uri_bytes is refused.
+    let long = format!("/{}", "a".repeat(9000));
+    let (status, _, _) = exchange(&mut c.send, Method::GET, &long, &[("x-meridian-residency", "DE")], &[])
+        .await
+        .unwrap();
+    assert_eq!(status, 414);
+    assert_eq!(p.requests(), 0, "a refused request reached the provider");
     let (status, _, _) = exchange(
         &mut c.send,
         Method::GET,

@@ -393,3 +393,35 @@ async fn sighup_reopens_the_access_log_file_after_rotation() {
     .await;
     assert_eq!(lines(&rotated), old_lines);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http3_requests_are_in_the_same_access_log() {
+    let p = provider("p1").await;
+    let certs = Certs::new();
+    certs.write("a", &["a.test"]);
+    let h3 = free_port();
+    let (toml, _, _, admin) = process_config(
+        p.addr,
+        true,
+        "[[tls.certificates]]\nname = \"a\"\nserver_names = [\"a.test\"]\ncert = \"a.crt\"\nkey = \"a.key\"\n",
+    );
+    let toml = toml.replace("[listeners]\n", &format!("[listeners]\nh3 = \"{h3}\"\n"));
+    let access = certs.path().join("access.log");
+    let _edge = EdgeProcess::start_with_access_file(write_config(certs.path(), &toml), admin, &access).await;
+    let mut c = support::h3::Client::connect(h3, &certs.ca.cert_pem).await;
+    let (status, _, _) = support::h3::exchange(&mut c.send, http::Method::GET, "/_sim/echo", &[], &[])
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    let line = poll_until(Duration::from_secs(10), || async {
+        std::fs::read_to_string(&access).ok()?.lines().next().map(str::to_owned)
+    })
+    .await;
+    let doc: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(doc["protocol"], "HTTP/3", "{doc}");
+    assert_eq!(doc["method"], "GET");
+    assert_eq!(doc["status"], 200);
+    assert_eq!(doc["provider"], "p1");
+    assert_eq!(doc["jurisdiction"], "DE");
+    assert!(doc["reason"].as_str().is_some_and(|r| !r.is_empty()), "{doc}");
+}

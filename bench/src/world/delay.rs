@@ -71,33 +71,14 @@ impl Ord for Held {
 /// Delays the traffic of each `(host, delays)` pair to and from the peers in its
 /// map. The rules are installed here; the namespaces' removal removes them.
 pub fn start(hosts: Vec<(Host, Delays)>) -> anyhow::Result<DelayHolder> {
+    let queue = QUEUE.to_string();
     for (host, _) in &hosts {
-        iptables(
-            host,
-            &[
-                "-A",
-                "OUTPUT",
-                "-o",
-                "eth0",
-                "-j",
-                "NFQUEUE",
-                "--queue-num",
-                &QUEUE.to_string(),
-            ],
-        )?;
-        iptables(
-            host,
-            &[
-                "-A",
-                "INPUT",
-                "-i",
-                "eth0",
-                "-j",
-                "NFQUEUE",
-                "--queue-num",
-                &QUEUE.to_string(),
-            ],
-        )?;
+        for (chain, dir) in [("OUTPUT", "-o"), ("INPUT", "-i")] {
+            iptables(
+                host,
+                &["-A", chain, dir, "eth0", "-j", "NFQUEUE", "--queue-num", &queue],
+            )?;
+        }
     }
     let stop = Arc::new(AtomicBool::new(false));
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
