@@ -198,12 +198,7 @@ pub fn route_template(method: &Method, path: &str) -> (&'static str, &'static st
 
 /// Counts one API request.
 pub fn api_request(route: (&'static str, &'static str), status: StatusCode, seconds: f64) {
-    let class = match status.as_u16() / 100 {
-        2 => "2xx",
-        3 => "3xx",
-        4 => "4xx",
-        _ => "5xx",
-    };
+    let class = meridian_telemetry::status_class(status.as_u16());
     counter!(API_REQUESTS, "route" => route.0, "method" => route.1, "status" => class).increment(1);
     metrics::histogram!(API_DURATION, "route" => route.0).record(seconds);
 }

@@ -55,6 +55,10 @@ pub struct Snapshot {
     pub body_idle: Duration,
 }
 
+/// Marks a request read from TLS early data (0-RTT), before the handshake completed.
+#[derive(Debug, Clone, Copy)]
+pub struct EarlyData;
+
 /// The connection a request arrived on.
 #[derive(Debug)]
 pub struct ConnInfo {
@@ -240,6 +244,12 @@ where
     }
     if req.method() == Method::CONNECT {
         return Err(Refusal::MethodNotAllowed.into());
+    }
+    // Early data can be replayed by an attacker: only safe methods are served from it.
+    if req.extensions().get::<EarlyData>().is_some()
+        && !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS)
+    {
+        return Err(Refusal::TooEarly.into());
     }
 
     let (mut parts, body) = req.into_parts();

@@ -72,17 +72,6 @@ pub fn method_class(m: &Method) -> &'static str {
     }
 }
 
-/// `1xx` ... `5xx`.
-pub fn status_class(s: StatusCode) -> &'static str {
-    match s.as_u16() / 100 {
-        1 => "1xx",
-        2 => "2xx",
-        3 => "3xx",
-        4 => "4xx",
-        _ => "5xx",
-    }
-}
-
 /// Tells provider label sets apart in the per-worker cache; 0 is "no provider".
 static NEXT_SERIAL: AtomicU64 = AtomicU64::new(1);
 
@@ -171,7 +160,7 @@ pub fn request(provider: Option<&ProviderMetrics>, origin: Option<&Origin>, meth
         serial: provider.map_or(0, |p| p.serial),
         origin: origin.and_then(|o| o.jurisdiction),
         method: method_class(method),
-        status: status_class(status),
+        status: meridian_telemetry::status_class(status.as_u16()),
     };
     REQUEST_COUNTERS.with(|cache| {
         if let Some(c) = cache.borrow().get(&key) {
@@ -222,7 +211,7 @@ pub struct Subscription {
     pub connected: bool,
     /// Unix seconds of the last version applied or confirmed current.
     pub last_sync: Option<u64>,
-    /// Versions acknowledged and refused since start.
+    /// Versions acknowledged since start.
     pub acks: u64,
     /// Versions refused since start.
     pub nacks: u64,
@@ -277,11 +266,7 @@ static STARTED_UNIX: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
 
 /// Unix seconds when recording started (the process, near enough).
 fn started_unix() -> u64 {
-    *STARTED_UNIX.get_or_init(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs())
-    })
+    *STARTED_UNIX.get_or_init(crate::push::unix_now)
 }
 
 /// Starts the process-wide recorder, describes every metric and registers the
@@ -390,7 +375,7 @@ mod tests {
         assert_eq!(method_class(&Method::HEAD), "read");
         assert_eq!(method_class(&Method::DELETE), "write");
         assert_eq!(method_class(&Method::from_bytes(b"PURGE").unwrap()), "other");
-        assert_eq!(status_class(StatusCode::NOT_FOUND), "4xx");
-        assert_eq!(status_class(StatusCode::from_u16(599).unwrap()), "5xx");
+        assert_eq!(meridian_telemetry::status_class(StatusCode::NOT_FOUND.as_u16()), "4xx");
+        assert_eq!(meridian_telemetry::status_class(599), "5xx");
     }
 }

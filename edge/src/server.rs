@@ -378,14 +378,11 @@ impl Core {
             version,
             control_plane,
         };
-        let unix_now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
         record::refresh(
             self.proxy.snapshot().routing.providers(),
             edge,
             Instant::now(),
-            unix_now,
+            push::unix_now(),
         );
     }
 

@@ -133,17 +133,13 @@ where
             if in_flight.is_none() {
                 let p = published.borrow_and_update().clone();
                 if p.version > 0 && runs != Some(p.version) && refused != Some(p.version) {
-                    let frame = match &p.delta {
-                        Some((base, delta)) if wire >= 2 && runs == Some(*base) => delta,
-                        _ => &p.snapshot,
+                    let (frame, kind) = match &p.delta {
+                        Some((base, delta)) if wire >= 2 && runs == Some(*base) => (delta, "delta"),
+                        _ => (&p.snapshot, "snapshot"),
                     };
                     write_frame(&mut tx, frame).await?;
                     in_flight = Some(p.version);
-                    sent_kind = if std::ptr::eq(frame, &p.snapshot) {
-                        "snapshot"
-                    } else {
-                        "delta"
-                    };
+                    sent_kind = kind;
                     sent_at = tokio::time::Instant::now();
                     answer_by = sent_at + ANSWER_TIMEOUT;
                 }

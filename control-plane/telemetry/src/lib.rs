@@ -21,18 +21,6 @@ pub const SECONDS_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
 
-/// Upper bounds of every `_bytes` histogram: 1 KiB to 1 GiB.
-pub const BYTES_BUCKETS: &[f64] = &[
-    1024.0,
-    16384.0,
-    65536.0,
-    262_144.0,
-    1_048_576.0,
-    16_777_216.0,
-    134_217_728.0,
-    1_073_741_824.0,
-];
-
 /// How often histogram samples are folded into their buckets between scrapes, so
 /// that memory stays bounded however rarely Prometheus comes.
 const UPKEEP: Duration = Duration::from_secs(5);
@@ -45,15 +33,10 @@ static RECORDER: OnceLock<PrometheusHandle> = OnceLock::new();
 /// handle renders an empty page rather than failing the binary.
 pub fn recorder() -> &'static PrometheusHandle {
     RECORDER.get_or_init(|| {
-        let builder = PrometheusBuilder::new();
-        // Both matchers are suffixes of fixed names, so neither can be refused.
-        let builder = builder
+        // The only refusal is an empty bucket list, which SECONDS_BUCKETS is not.
+        let builder = PrometheusBuilder::new()
             .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)
-            .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("_bytes".into()), BYTES_BUCKETS));
-        let builder = match builder {
-            Ok(b) => b,
-            Err(_) => PrometheusBuilder::new(),
-        };
+            .unwrap_or_else(|_| PrometheusBuilder::new());
         let recorder = builder.build_recorder();
         let handle = recorder.handle();
         if metrics::set_global_recorder(recorder).is_err() {
@@ -75,6 +58,18 @@ pub fn recorder() -> &'static PrometheusHandle {
 /// The exposition text of every metric recorded so far.
 pub fn render() -> String {
     recorder().render()
+}
+
+/// The `status` label of an HTTP status code: `1xx` ... `5xx` (anything else counts
+/// as `5xx`), so that both binaries label answers alike.
+pub fn status_class(code: u16) -> &'static str {
+    match code / 100 {
+        1 => "1xx",
+        2 => "2xx",
+        3 => "3xx",
+        4 => "4xx",
+        _ => "5xx",
+    }
 }
 
 /// The content type of [`render`]'s text.

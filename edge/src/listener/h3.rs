@@ -3,7 +3,8 @@
 //!
 //! Bodies stream both ways one frame at a time, with QUIC flow control as the only
 //! buffer. This module must never serve more connections than the shared cap, never
-//! serve an unsafe method from 0-RTT early data (replayable), and never let a
+//! hand the proxy a request read from 0-RTT early data without marking it
+//! [`EarlyData`] (the proxy then refuses unsafe methods: replay risk), and never let a
 //! connection outlive drain: drain sends GOAWAY, lets accepted streams finish, then
 //! closes.
 
@@ -16,7 +17,7 @@ use std::time::Duration;
 use bytes::{Buf, Bytes};
 use futures_util::FutureExt;
 use futures_util::future::Shared;
-use http::{Method, Request, Response};
+use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
@@ -27,9 +28,8 @@ use crate::body::{BoxError, ResponseBody};
 use crate::config::{Http3Config, Limits};
 use crate::conn::ConnState;
 use crate::headers;
-use crate::proxy::{ConnInfo, Proxy};
+use crate::proxy::{ConnInfo, EarlyData, Proxy};
 use crate::record;
-use crate::respond::Refusal;
 use crate::tls::{SniResolver, TlsError};
 
 type RecvStream = h3::server::RequestStream<h3_quinn::RecvStream, Bytes>;
@@ -288,28 +288,26 @@ async fn request(
         }
     };
     let (mut send, recv) = stream.split();
-    let early = !handshake.done();
-    let response = if early && !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
-        tracing::debug!(peer = %info.peer, method = %req.method(), "refused an unsafe method in early data");
-        Refusal::TooEarly.into_response(None)
-    } else {
-        let body = match tokio::time::timeout(head_timeout, RequestBody::open(recv, req.headers())).await {
-            Ok(Ok(b)) => b,
-            Ok(Err(e)) => {
-                tracing::debug!(peer = %info.peer, error = %e, "HTTP/3 request body failed");
-                return;
-            }
-            Err(_) => {
-                tracing::debug!(peer = %info.peer, "HTTP/3 request without a length sent no data in time");
-                send.stop_stream(h3::error::Code::H3_REQUEST_INCOMPLETE);
-                return;
-            }
-        };
-        let (parts, ()) = req.into_parts();
-        match proxy.handle(Request::from_parts(parts, body), &info).await {
-            Ok(r) => r,
-            Err(never) => match never {},
+    let body = match tokio::time::timeout(head_timeout, RequestBody::open(recv, req.headers())).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(e)) => {
+            tracing::debug!(peer = %info.peer, error = %e, "HTTP/3 request body failed");
+            return;
         }
+        Err(_) => {
+            tracing::debug!(peer = %info.peer, "HTTP/3 request without a length sent no data in time");
+            send.stop_stream(h3::error::Code::H3_REQUEST_INCOMPLETE);
+            return;
+        }
+    };
+    let (mut parts, ()) = req.into_parts();
+    if !handshake.done() {
+        // The proxy serves only safe methods from early data.
+        parts.extensions.insert(EarlyData);
+    }
+    let response = match proxy.handle(Request::from_parts(parts, body), &info).await {
+        Ok(r) => r,
+        Err(never) => match never {},
     };
     if let Err(e) = respond(&mut send, response).await {
         tracing::debug!(peer = %info.peer, error = %e, "HTTP/3 response aborted");
