@@ -5,35 +5,46 @@
 
 use std::process::Command;
 
-#[test]
-fn compare_produces_a_full_report() {
+/// Runs `meridian-bench ARGS --out FILE`; returns the report it wrote, and the file.
+fn report_of(args: &[&str]) -> (String, tempfile::NamedTempFile) {
     let out_file = tempfile::NamedTempFile::new().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_meridian-bench"))
-        .args([
-            "compare",
-            "--duration",
-            "1",
-            "--rate-small",
-            "200",
-            "--rate-large",
-            "20",
-            "--connections",
-            "4",
-            "--out",
-        ])
+        .args(args)
+        .arg("--out")
         .arg(out_file.path())
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    let report = std::fs::read_to_string(out_file.path()).unwrap();
+    (std::fs::read_to_string(out_file.path()).unwrap(), out_file)
+}
+
+/// The trimmed cells of the report's table row for `first` and `second`.
+fn row_cells<'a>(report: &'a str, first: &str, second: &str) -> Vec<&'a str> {
+    let row = report
+        .lines()
+        .find(|l| l.starts_with(&format!("| {first} | {second} |")))
+        .unwrap_or_else(|| panic!("no row for {first} {second}:\n{report}"));
+    row.split('|').map(str::trim).collect()
+}
+
+#[test]
+fn compare_produces_a_full_report() {
+    let (report, out_file) = report_of(&[
+        "compare",
+        "--duration",
+        "1",
+        "--rate-small",
+        "200",
+        "--rate-large",
+        "20",
+        "--connections",
+        "4",
+    ]);
     for target in ["direct", "meridian", "nginx", "haproxy"] {
         for size in ["1 KiB", "1 MiB"] {
-            let row = report
-                .lines()
-                .find(|l| l.starts_with(&format!("| {size} | {target} |")))
-                .unwrap_or_else(|| panic!("no row for {size} {target}:\n{report}"));
-            let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+            let cells = row_cells(&report, size, target);
+            let row = cells.join(" | ");
             let rps: f64 = cells[3].parse().unwrap();
             assert!(rps > 0.0, "{row}");
             assert_eq!(cells[7], "0", "errors in {row}");
@@ -61,31 +72,11 @@ fn compare_produces_a_full_report() {
 
 #[test]
 fn protocols_compares_http3_with_http2_through_the_edge() {
-    let out_file = tempfile::NamedTempFile::new().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_meridian-bench"))
-        .args([
-            "protocols",
-            "--duration",
-            "1",
-            "--rate",
-            "100",
-            "--streams",
-            "4",
-            "--out",
-        ])
-        .arg(out_file.path())
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
-    let report = std::fs::read_to_string(out_file.path()).unwrap();
+    let (report, _out) = report_of(&["protocols", "--duration", "1", "--rate", "100", "--streams", "4"]);
     for size in ["1 KiB", "1 MiB"] {
         for proto in ["HTTP/2", "HTTP/3"] {
-            let row = report
-                .lines()
-                .find(|l| l.starts_with(&format!("| {size} | {proto} |")))
-                .unwrap_or_else(|| panic!("no row for {size} {proto}:\n{report}"));
-            let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+            let cells = row_cells(&report, size, proto);
+            let row = cells.join(" | ");
             let rps: f64 = cells[3].parse().unwrap();
             assert!(rps > 0.0, "{row}");
             assert_eq!(cells[6], "0", "errors in {row}");
