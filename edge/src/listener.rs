@@ -201,13 +201,15 @@ impl Listener {
             let proxy = proxy.clone();
             let info = info.clone();
             let alt_svc = alt_svc.clone();
-            async move {
+            // Boxed: hyper moves the service's future into its connection state, and
+            // a request's future is kilobytes; a pointer is cheaper to move.
+            Box::pin(async move {
                 let mut resp = proxy.handle(req, &info).await?;
                 if let Some(v) = alt_svc {
                     resp.headers_mut().insert(http::header::ALT_SVC, v);
                 }
                 Ok::<_, Infallible>(resp)
-            }
+            })
         })
     }
 

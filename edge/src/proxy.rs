@@ -331,7 +331,18 @@ where
             snap.hedging.enabled && exclude.is_none() && req.method() == Method::GET && req.body().is_end_stream();
         let (target, sent, result) = if hedge {
             let after = hedge_delay(&snap.hedging, &learned.latency);
-            send_hedged(snap, origin, bytes, target, req, after, client_host.clone()).await
+            // Boxed: two sends in flight make a large future that unhedged requests
+            // should not carry.
+            Box::pin(send_hedged(
+                snap,
+                origin,
+                bytes,
+                target,
+                req,
+                after,
+                client_host.clone(),
+            ))
+            .await
         } else {
             let result = upstream::send(&target, req).await;
             (target, decided, result)

@@ -29,8 +29,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
-use crate::body::ProxyBody;
+use crate::body::{BoxError, ProxyBody};
 
+mod h1;
 mod inline;
 
 use crate::config::UpstreamConfig;
@@ -326,7 +327,8 @@ pub async fn send(target: &Target, req: Request<ProxyBody>) -> Result<Response<U
     let exchange = async {
         match &pool.workers {
             Workers::H1(pools) => pools[w % pools.len()].send(req).await.map(|r| r.map(UpstreamBody::H1)),
-            Workers::H2(clients) => match clients[w % clients.len()].request(req).await {
+            // Boxed so HTTP/1.1 requests do not carry the HTTP/2 client's future.
+            Workers::H2(clients) => match Box::pin(clients[w % clients.len()].request(req)).await {
                 Ok(resp) => Ok(resp.map(UpstreamBody::H2)),
                 Err(e) if e.is_connect() => {
                     let timed_out = std::error::Error::source(&e)
@@ -359,15 +361,15 @@ pub enum UpstreamBody {
 
 impl http_body::Body for UpstreamBody {
     type Data = bytes::Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, BoxError>>> {
         match self.get_mut() {
-            UpstreamBody::H1(b) => Pin::new(b).poll_frame(cx),
-            UpstreamBody::H2(b) => Pin::new(b).poll_frame(cx),
+            UpstreamBody::H1(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            UpstreamBody::H2(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
         }
     }
 
@@ -590,6 +592,40 @@ impl Connection for UpstreamIo {
     fn connected(&self) -> Connected {
         let c = Connected::new();
         if self.h2 { c.negotiated_h2() } else { c }
+    }
+}
+
+// The HTTP/1.1 codec (`h1`) reads and writes through tokio's traits; hyper's HTTP/2
+// client through hyper's.
+impl AsyncRead for UpstreamIo {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(self.io.inner_mut()).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for UpstreamIo {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(self.io.inner_mut()).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(self.io.inner_mut()).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.inner().is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(self.io.inner_mut()).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(self.io.inner_mut()).poll_shutdown(cx)
     }
 }
 

@@ -1,43 +1,56 @@
-//! HTTP/1.1 provider connections driven inline, in the task of the request that
-//! uses them (the Pingora model), instead of in a separately spawned task reached
-//! through a channel.
+//! One worker's pool of HTTP/1.1 provider connections, driven inline by the
+//! request that uses them (the Pingora model) through [`super::h1`], instead of by a
+//! separately spawned task reached through a channel.
 //!
-//! While a request waits for its response head, its task polls the connection; while
-//! the response body streams, the body polls it. When the body ends cleanly the
-//! connection goes back to this worker's idle list; a body dropped early takes its
-//! connection with it, since a half-read HTTP/1.1 connection can never be reused.
-//! Idle connections are not polled, so each is probed (one poll with a no-op waker)
-//! before reuse; a request that a stale connection never sent is retried once on a
-//! fresh one. This module must never retry a request that may have been sent.
+//! While a request waits for its response head, its task reads the connection;
+//! while the response body streams, the body reads it. When the body ends cleanly
+//! the connection goes back to this worker's idle list; a body dropped early takes
+//! its connection with it, since a half-read HTTP/1.1 connection can never be
+//! reused. Idle connections are not polled, so each is checked (one read with a
+//! no-op waker) before reuse; a request that a stale connection never sent is
+//! retried once on a fresh one. This module must never retry a request that may
+//! have been sent.
 
-use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
-use hyper::client::conn::http1;
 use tokio::sync::{Notify, OwnedSemaphorePermit};
 use tokio::time::Instant;
 
-use super::{Connector, SendFailure, UpstreamError, UpstreamIo, error_chain};
+use super::h1::{self, Conn, H1Body, Release};
+use super::{Connector, SendFailure, UpstreamError};
 use crate::body::ProxyBody;
 
-type Conn = Pin<Box<http1::Connection<UpstreamIo, ProxyBody>>>;
+/// A provider's HTTP/1.1 response body, read from its connection, which goes back
+/// to the pool when the body ends cleanly.
+#[derive(Debug)]
+pub struct InlineBody(H1Body<Arc<InlinePool>>);
 
-/// A live connection: the handle to send on and the state machine to drive.
-struct Live {
-    send: http1::SendRequest<ProxyBody>,
-    conn: Conn,
+impl Body for InlineBody {
+    type Data = Bytes;
+    type Error = h1::H1Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, h1::H1Error>>> {
+        Pin::new(&mut self.0).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.0.size_hint()
+    }
 }
 
 struct Idle {
-    live: Live,
+    conn: Conn,
     since: Instant,
 }
 
@@ -59,10 +72,10 @@ impl std::fmt::Debug for InlinePool {
     }
 }
 
-enum Attempt {
-    Done(Result<Response<Incoming>, UpstreamError>),
-    /// The connection was closed before the request was written; it is handed back.
-    NotSent(Request<ProxyBody>),
+impl Release for Arc<InlinePool> {
+    fn release(&self, conn: Conn) {
+        self.checkin(conn);
+    }
 }
 
 impl InlinePool {
@@ -76,49 +89,47 @@ impl InlinePool {
         })
     }
 
-    /// Sends `req` and returns the response once its head arrived; the body drives
+    /// Sends `req` and returns the response once its head arrived; the body reads
     /// the connection from then on.
     pub(crate) async fn send(self: &Arc<Self>, req: Request<ProxyBody>) -> Result<Response<InlineBody>, SendFailure> {
         let unsent = |error, req| SendFailure {
             error,
             unsent: Some(req),
         };
-        let (mut live, reused) = match self.acquire().await {
+        let (conn, reused) = match self.acquire().await {
             Ok(x) => x,
             Err(e) => return Err(unsent(e, req)),
         };
-        let req = match drive(&mut live, req).await {
-            Attempt::Done(r) => return r.map(|resp| self.wrap(resp, live)).map_err(SendFailure::from),
-            Attempt::NotSent(req) if reused => req,
-            Attempt::NotSent(req) => return Err(unsent(closed(), req)),
+        let req = match h1::exchange(conn, req, self.clone()).await {
+            Ok(resp) => return Ok(resp.map(InlineBody)),
+            Err(h1::Failed {
+                error,
+                unsent: Some(req),
+            }) if reused => {
+                tracing::debug!(error = %error, "pooled provider connection was stale; retrying on a new one");
+                req
+            }
+            Err(failed) => return Err(failure(failed)),
         };
         // The pooled connection had been closed by the provider: nothing was sent,
         // so one retry is safe for any method.
-        let (mut live, _) = match self.acquire().await {
+        let (conn, _) = match self.acquire().await {
             Ok(x) => x,
             Err(e) => return Err(unsent(e, req)),
         };
-        match drive(&mut live, req).await {
-            Attempt::Done(r) => r.map(|resp| self.wrap(resp, live)).map_err(SendFailure::from),
-            Attempt::NotSent(req) => Err(unsent(closed(), req)),
-        }
-    }
-
-    fn wrap(self: &Arc<Self>, resp: Response<Incoming>, live: Live) -> Response<InlineBody> {
-        resp.map(|inner| InlineBody {
-            inner,
-            live: Some(live),
-            pool: self.clone(),
-        })
+        h1::exchange(conn, req, self.clone())
+            .await
+            .map(|resp| resp.map(InlineBody))
+            .map_err(failure)
     }
 
     /// An idle connection, or a new one once a slot is free, whichever comes first
     /// (a slot may be held by a connection that is about to be returned). The flag
     /// says whether the connection was reused.
-    async fn acquire(&self) -> Result<(Live, bool), UpstreamError> {
+    async fn acquire(&self) -> Result<(Conn, bool), UpstreamError> {
         loop {
-            if let Some(live) = self.checkout() {
-                return Ok((live, true));
+            if let Some(conn) = self.checkout() {
+                return Ok((conn, true));
             }
             let permits = self.connector.permits().clone();
             let permit = match permits.clone().try_acquire_owned() {
@@ -128,40 +139,38 @@ impl InlinePool {
                     _ = self.returned.notified() => continue,
                 },
             };
-            return self.connect(permit).await.map(|live| (live, false));
+            // Boxed: connecting (TCP, TLS, handshake) is rare and its future large;
+            // inline it would be carried, and moved, by every request's future.
+            return Box::pin(self.connect(permit)).await.map(|conn| (conn, false));
         }
     }
 
-    fn checkout(&self) -> Option<Live> {
-        let mut cx = Context::from_waker(Waker::noop());
+    fn checkout(&self) -> Option<Conn> {
         loop {
             let mut idle = self.idle.lock().ok()?.pop()?;
             if idle.since.elapsed() >= self.idle_timeout {
                 continue;
             }
-            // Not polled while idle: let it notice a close (EOF) now.
-            if idle.live.conn.as_mut().poll(&mut cx).is_ready() {
-                continue;
-            }
-            if let Poll::Ready(Ok(())) = idle.live.send.poll_ready(&mut cx) {
-                return Some(idle.live);
+            // Not read while idle: let it notice a close (EOF) now.
+            if idle.conn.is_reusable() {
+                return Some(idle.conn);
             }
         }
     }
 
-    fn checkin(&self, live: Live) {
+    fn checkin(&self, conn: Conn) {
         if let Ok(mut idle) = self.idle.lock() {
             // Oldest first: drop what has expired, keep the list bounded.
             let now = Instant::now();
             idle.retain(|i| now.saturating_duration_since(i.since) < self.idle_timeout);
             if idle.len() < self.max_idle {
-                idle.push(Idle { live, since: now });
+                idle.push(Idle { conn, since: now });
             }
         }
         self.returned.notify_one();
     }
 
-    async fn connect(&self, permit: OwnedSemaphorePermit) -> Result<Live, UpstreamError> {
+    async fn connect(&self, permit: OwnedSemaphorePermit) -> Result<Conn, UpstreamError> {
         let io = self.connector.open(permit).await.map_err(|e| {
             if e.kind() == io::ErrorKind::TimedOut {
                 UpstreamError::ConnectTimeout
@@ -169,109 +178,13 @@ impl InlinePool {
                 UpstreamError::Connect(e.to_string())
             }
         })?;
-        let (send, conn) = http1::Builder::new()
-            .handshake(io)
-            .await
-            .map_err(|e| UpstreamError::Connect(error_chain(&e)))?;
-        Ok(Live {
-            send,
-            conn: Box::pin(conn),
-        })
+        Ok(Conn::new(io))
     }
 }
 
-fn closed() -> UpstreamError {
-    UpstreamError::Exchange("connection closed before the request was sent".into())
-}
-
-/// Polls the connection alongside the response future until the head arrives.
-async fn drive(live: &mut Live, req: Request<ProxyBody>) -> Attempt {
-    let mut resp = std::pin::pin!(live.send.try_send_request(req));
-    let conn = &mut live.conn;
-    let mut conn_done = false;
-    poll_fn(|cx| {
-        if let Poll::Ready(r) = resp.as_mut().poll(cx) {
-            return Poll::Ready(match r {
-                Ok(resp) => Attempt::Done(Ok(resp)),
-                Err(mut e) => match e.take_message() {
-                    Some(req) => Attempt::NotSent(req),
-                    None => Attempt::Done(Err(UpstreamError::Exchange(error_chain(e.error())))),
-                },
-            });
-        }
-        if !conn_done && conn.as_mut().poll(cx).is_ready() {
-            // The connection ended; its dispatcher has answered the response future
-            // (with the response or an error), so poll that once more.
-            conn_done = true;
-            cx.waker().wake_by_ref();
-        }
-        Poll::Pending
-    })
-    .await
-}
-
-/// A provider's response body that also drives its connection, and returns the
-/// connection to the pool when the body ends cleanly.
-pub struct InlineBody {
-    inner: Incoming,
-    live: Option<Live>,
-    pool: Arc<InlinePool>,
-}
-
-impl std::fmt::Debug for InlineBody {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("InlineBody")
-            .field("inner", &self.inner)
-            .finish_non_exhaustive()
-    }
-}
-
-impl InlineBody {
-    fn release(&mut self) {
-        if let Some(mut live) = self.live.take() {
-            let mut cx = Context::from_waker(Waker::noop());
-            // Let the connection finish the message before it is reused.
-            if live.conn.as_mut().poll(&mut cx).is_pending() {
-                self.pool.checkin(live);
-            }
-        }
-    }
-}
-
-impl Body for InlineBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let this = &mut *self;
-        if let Some(live) = this.live.as_mut() {
-            if live.conn.as_mut().poll(cx).is_ready() {
-                // Closed (e.g. `Connection: close`): what it read is already queued
-                // in the body; it cannot be reused.
-                this.live = None;
-            }
-        }
-        let frame = Pin::new(&mut this.inner).poll_frame(cx);
-        if let Poll::Ready(None) = frame {
-            this.release();
-        }
-        frame
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl Drop for InlineBody {
-    fn drop(&mut self) {
-        // A body with nothing to read (HEAD, 204, 304, empty) is never polled.
-        if self.inner.is_end_stream() {
-            self.release();
-        }
+fn failure(failed: h1::Failed) -> SendFailure {
+    SendFailure {
+        error: UpstreamError::Exchange(failed.error.to_string()),
+        unsent: failed.unsent,
     }
 }

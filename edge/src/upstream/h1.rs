@@ -1,0 +1,766 @@
+//! HTTP/1.1 to providers without a dispatcher: the request's own task writes the
+//! request head (and streams its body), parses the response head, and then the
+//! response body reads its frames straight from the socket.
+//!
+//! hyper's client runs a connection state machine behind channels: the response
+//! head and every body chunk cross a channel, and each crossing wakes the request's
+//! task once more. Here nothing crosses a channel, so a small exchange costs the two
+//! wake-ups the network imposes and no more (the Pingora model).
+//!
+//! A provider's response is untrusted input: its head is bounded, its framing is
+//! checked (RFC 9112 section 6.3) and a connection whose framing was in any way
+//! doubtful is never reused. This module must never send a request twice, never
+//! reuse a connection whose last exchange did not end exactly at a message boundary,
+//! and never end a body early as if it were complete.
+
+use std::future::poll_fn;
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body::{Body, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::UpstreamIo;
+use crate::body::{BoxError, ProxyBody};
+
+/// Longest response head accepted from a provider.
+const MAX_HEAD: usize = 64 * 1024;
+/// Most header fields in a response head or a trailer section.
+const MAX_HEADERS: usize = 128;
+/// Longest chunk-size line (size, extensions, CRLF).
+const MAX_CHUNK_LINE: usize = 4096;
+/// Bytes asked of the socket per read while a body streams.
+const READ_CHUNK: usize = 64 * 1024;
+/// Informational (1xx) responses skipped before the final one.
+const MAX_INFORMATIONAL: usize = 8;
+
+/// Why an exchange with a provider failed.
+#[derive(Debug, thiserror::Error)]
+pub enum H1Error {
+    /// The socket failed.
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    /// The provider closed the connection before its message was complete.
+    #[error("provider closed the connection {0}")]
+    Closed(&'static str),
+    /// The provider broke HTTP/1.1.
+    #[error("invalid response from provider: {0}")]
+    Invalid(&'static str),
+    /// The request body failed (the client went away or stalled).
+    #[error("request body failed: {0}")]
+    RequestBody(BoxError),
+    /// The request body did not match its `Content-Length`.
+    #[error("request body does not match its Content-Length")]
+    RequestLength,
+}
+
+/// An open connection to a provider with what has been read ahead on it.
+#[derive(Debug)]
+pub(super) struct Conn {
+    io: UpstreamIo,
+    buf: BytesMut,
+    /// Head bytes to write, reused between requests.
+    head: Vec<u8>,
+}
+
+impl Conn {
+    /// A fresh connection.
+    pub(super) fn new(io: UpstreamIo) -> Self {
+        Conn {
+            io,
+            buf: BytesMut::with_capacity(8 * 1024),
+            head: Vec::with_capacity(1024),
+        }
+    }
+
+    /// Whether an idle connection still looks usable: not closed by the provider
+    /// and with nothing unasked-for to read. Polled with a no-op waker, never waits.
+    pub(super) fn is_reusable(&mut self) -> bool {
+        if !self.buf.is_empty() {
+            return false;
+        }
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut probe = [0u8; 1];
+        let mut rb = tokio::io::ReadBuf::new(&mut probe);
+        matches!(Pin::new(&mut self.io).poll_read(&mut cx, &mut rb), Poll::Pending)
+    }
+
+    fn poll_fill(&mut self, cx: &mut Context<'_>, want: usize) -> Poll<io::Result<usize>> {
+        if self.buf.capacity() - self.buf.len() < want / 4 {
+            self.buf.reserve(want);
+        }
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
+    }
+}
+
+/// A failed exchange; `unsent` holds the request when none of it was written, so it
+/// may be tried elsewhere.
+#[derive(Debug)]
+pub(super) struct Failed {
+    /// What went wrong.
+    pub(super) error: H1Error,
+    /// The untouched request, when nothing of it reached the provider.
+    pub(super) unsent: Option<Request<ProxyBody>>,
+}
+
+/// How a message's body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    /// No body.
+    Empty,
+    /// Exactly this many bytes remain.
+    Length(u64),
+    /// Chunked transfer coding.
+    Chunked,
+    /// Until the provider closes the connection.
+    Close,
+}
+
+/// What the response body hands back when it is done: the connection, if it may
+/// carry another exchange.
+pub(super) trait Release: Send + Unpin + 'static {
+    /// Takes the connection back (it ended cleanly at a message boundary).
+    fn release(&self, conn: Conn);
+}
+
+/// Sends `req` on `conn` and returns the response once its head arrived. The body
+/// streams from the connection and hands it to `pool` when it ends cleanly.
+pub(super) async fn exchange<P: Release>(
+    mut conn: Conn,
+    req: Request<ProxyBody>,
+    pool: P,
+) -> Result<Response<H1Body<P>>, Failed> {
+    let head_request = req.method() == Method::HEAD;
+    let upload = match encode_head(&req, &mut conn.head) {
+        Framing::Empty => None,
+        framing => Some(framing),
+    };
+    let mut written = 0;
+    let (parts, body) = req.into_parts();
+    let mut body = Some(body);
+    // Write the head first: if none of it reaches the socket, the request is intact
+    // and may go elsewhere.
+    let head_result = poll_fn(|cx| {
+        while written < conn.head.len() {
+            match ready!(Pin::new(&mut conn.io).poll_write(cx, &conn.head[written..])) {
+                Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Ok(n) => written += n,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+        // TLS may hold the last record back until flushed.
+        Pin::new(&mut conn.io).poll_flush(cx)
+    })
+    .await;
+    if let Err(e) = head_result {
+        let unsent = (written == 0).then(|| Request::from_parts(parts, body.take().unwrap_or_else(empty)));
+        return Err(Failed {
+            error: e.into(),
+            unsent,
+        });
+    }
+    drop(parts);
+    let fail = |error| Failed { error, unsent: None };
+
+    let mut upload = upload.zip(body.take()).map(|(framing, body)| Upload {
+        body,
+        framing,
+        out: Vec::new(),
+        done: false,
+    });
+    let mut informational = 0;
+    let head = poll_fn(|cx| {
+        if let Some(up) = upload.as_mut() {
+            if let Poll::Ready(Err(e)) = up.poll_send(&mut conn.io, cx) {
+                return Poll::Ready(Err(e));
+            }
+        }
+        loop {
+            match parse_response(&mut conn.buf, head_request) {
+                Ok(Some(Parsed::Informational)) => {
+                    informational += 1;
+                    if informational > MAX_INFORMATIONAL {
+                        return Poll::Ready(Err(H1Error::Invalid("too many informational responses")));
+                    }
+                    continue;
+                }
+                Ok(Some(Parsed::Final(head))) => return Poll::Ready(Ok(head)),
+                Ok(None) => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+            if conn.buf.len() >= MAX_HEAD {
+                return Poll::Ready(Err(H1Error::Invalid("response head too large")));
+            }
+            match ready!(conn.poll_fill(cx, 8 * 1024)) {
+                Ok(0) => return Poll::Ready(Err(H1Error::Closed("before the response head"))),
+                Ok(_) => {}
+                Err(e) => return Poll::Ready(Err(e.into())),
+            }
+        }
+    })
+    .await
+    .map_err(fail)?;
+    // A response that came before the whole request went out ends the exchange
+    // early: the connection cannot carry another one.
+    let request_done = upload.as_ref().is_none_or(|u| u.done);
+    let reusable = head.keep_alive && request_done && head.framing != Framing::Close;
+    let mut body = H1Body {
+        conn: Some(conn),
+        framing: head.framing,
+        chunk: ChunkState::Size,
+        reusable,
+        pool: Some(pool),
+    };
+    if head.framing == Framing::Empty || head.framing == Framing::Length(0) {
+        body.finish();
+    }
+    let mut resp = Response::new(body);
+    *resp.status_mut() = head.status;
+    *resp.version_mut() = head.version;
+    *resp.headers_mut() = head.headers;
+    Ok(resp)
+}
+
+fn empty() -> ProxyBody {
+    use http_body_util::BodyExt;
+    http_body_util::Empty::new()
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// Writes the request line and fields into `out` and returns the body's framing:
+/// the client's `Content-Length` when it gave one, the body's exact size when known,
+/// chunked otherwise.
+fn encode_head(req: &Request<ProxyBody>, out: &mut Vec<u8>) -> Framing {
+    out.clear();
+    out.extend_from_slice(req.method().as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(req.uri().path_and_query().map_or("/", |pq| pq.as_str()).as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in req.headers() {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    let body = req.body();
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let framing = match declared {
+        // The framing guard (HTTP/1.x) and the HTTP/2 and HTTP/3 codecs hold the body
+        // to its declared length.
+        Some(0) => Framing::Empty,
+        Some(n) => Framing::Length(n),
+        None if body.is_end_stream() => {
+            if matches!(*req.method(), Method::POST | Method::PUT | Method::PATCH) {
+                out.extend_from_slice(b"content-length: 0\r\n");
+            }
+            Framing::Empty
+        }
+        None => match body.size_hint().exact() {
+            Some(n) => {
+                use std::io::Write as _;
+                let _ = write!(out, "content-length: {n}\r\n");
+                if n == 0 { Framing::Empty } else { Framing::Length(n) }
+            }
+            None => {
+                out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+                Framing::Chunked
+            }
+        },
+    };
+    out.extend_from_slice(b"\r\n");
+    framing
+}
+
+/// A request body on its way out.
+struct Upload {
+    body: ProxyBody,
+    framing: Framing,
+    /// Bytes waiting for the socket, in order.
+    out: Vec<Bytes>,
+    done: bool,
+}
+
+impl Upload {
+    /// Moves the body to the socket until either has to wait. Ready(Ok) once all of
+    /// it is written.
+    fn poll_send(&mut self, io: &mut UpstreamIo, cx: &mut Context<'_>) -> Poll<Result<(), H1Error>> {
+        loop {
+            while !self.out.is_empty() {
+                let n = {
+                    let slices: Vec<IoSlice<'_>> = self.out.iter().take(4).map(|b| IoSlice::new(b)).collect();
+                    match ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices)) {
+                        Ok(0) => return Poll::Ready(Err(io::Error::from(io::ErrorKind::WriteZero).into())),
+                        Ok(n) => n,
+                        Err(e) => return Poll::Ready(Err(e.into())),
+                    }
+                };
+                consume(&mut self.out, n);
+                if self.out.is_empty() {
+                    if let Err(e) = ready!(Pin::new(&mut *io).poll_flush(cx)) {
+                        return Poll::Ready(Err(e.into()));
+                    }
+                }
+            }
+            if self.done {
+                return Poll::Ready(Ok(()));
+            }
+            match ready!(Pin::new(&mut self.body).poll_frame(cx)) {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => self.queue_data(data)?,
+                    Err(frame) => {
+                        if let (Framing::Chunked, Ok(trailers)) = (self.framing, frame.into_trailers()) {
+                            let mut last = b"0\r\n".to_vec();
+                            for (name, value) in &trailers {
+                                last.extend_from_slice(name.as_str().as_bytes());
+                                last.extend_from_slice(b": ");
+                                last.extend_from_slice(value.as_bytes());
+                                last.extend_from_slice(b"\r\n");
+                            }
+                            last.extend_from_slice(b"\r\n");
+                            self.out.push(Bytes::from(last));
+                            self.done = true;
+                        }
+                    }
+                },
+                Some(Err(e)) => return Poll::Ready(Err(H1Error::RequestBody(e))),
+                None => {
+                    match self.framing {
+                        Framing::Length(0) => {}
+                        Framing::Length(_) => return Poll::Ready(Err(H1Error::RequestLength)),
+                        _ => self.out.push(Bytes::from_static(b"0\r\n\r\n")),
+                    }
+                    self.done = true;
+                }
+            }
+        }
+    }
+
+    fn queue_data(&mut self, data: Bytes) -> Result<(), H1Error> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        match &mut self.framing {
+            Framing::Length(rem) => {
+                let n = data.len() as u64;
+                if n > *rem {
+                    return Err(H1Error::RequestLength);
+                }
+                *rem -= n;
+                self.out.push(data);
+            }
+            _ => {
+                self.out.push(Bytes::from(format!("{:x}\r\n", data.len())));
+                self.out.push(data);
+                self.out.push(Bytes::from_static(b"\r\n"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Drops `n` written bytes from the front of `out`.
+fn consume(out: &mut Vec<Bytes>, mut n: usize) {
+    let mut whole = 0;
+    for b in out.iter_mut() {
+        if n >= b.len() {
+            n -= b.len();
+            whole += 1;
+        } else {
+            b.advance(n);
+            break;
+        }
+    }
+    out.drain(..whole);
+}
+
+/// A parsed final response head.
+struct Head {
+    status: StatusCode,
+    version: Version,
+    headers: HeaderMap,
+    framing: Framing,
+    keep_alive: bool,
+}
+
+enum Parsed {
+    /// A 1xx response was consumed; the final one follows.
+    Informational,
+    Final(Head),
+}
+
+/// Parses one response head from the front of `buf`, consuming it. `Ok(None)` when
+/// more bytes are needed.
+fn parse_response(buf: &mut BytesMut, head_request: bool) -> Result<Option<Parsed>, H1Error> {
+    if buf.is_empty() {
+        return Ok(None);
+    }
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut fields);
+    let len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(H1Error::Invalid("too many header fields")),
+        Err(_) => return Err(H1Error::Invalid("malformed response head")),
+    };
+    let code = resp.code.unwrap_or(0);
+    let status = StatusCode::from_u16(code).map_err(|_| H1Error::Invalid("invalid status code"))?;
+    if status.is_informational() {
+        if status == StatusCode::SWITCHING_PROTOCOLS {
+            return Err(H1Error::Invalid("unrequested protocol switch"));
+        }
+        buf.advance(len);
+        return Ok(Some(Parsed::Informational));
+    }
+    let version = if resp.version == Some(0) {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    // Field values become slices of the head (no copies): note where each lies,
+    // then split the head off the buffer.
+    let base = buf.as_ptr() as usize;
+    let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
+    let count = resp.headers.len();
+    for (span, field) in spans.iter_mut().zip(resp.headers.iter()) {
+        let at = |s: &[u8]| (s.as_ptr() as usize - base) as u32;
+        *span = (
+            at(field.name.as_bytes()),
+            field.name.len() as u32,
+            at(field.value),
+            field.value.len() as u32,
+        );
+    }
+    let head = buf.split_to(len).freeze();
+    let mut headers = HeaderMap::with_capacity(count + 4);
+    let mut length: Option<u64> = None;
+    let mut chunked = false;
+    let mut coded = false;
+    let mut close = version == Version::HTTP_10;
+    let mut doubtful = false;
+    for &(ns, nl, vs, vl) in &spans[..count] {
+        let name = &head[ns as usize..(ns + nl) as usize];
+        let (vs, ve) = (vs as usize, (vs + vl) as usize);
+        let raw = &head[vs..ve];
+        let name = HeaderName::from_bytes(name).map_err(|_| H1Error::Invalid("invalid field name"))?;
+        let value =
+            HeaderValue::from_maybe_shared(head.slice(vs..ve)).map_err(|_| H1Error::Invalid("invalid field value"))?;
+        if name == header::CONTENT_LENGTH {
+            let n = std::str::from_utf8(raw)
+                .ok()
+                .map(str::trim)
+                .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|v| v.parse::<u64>().ok())
+                .ok_or(H1Error::Invalid("invalid Content-Length"))?;
+            if length.is_some_and(|l| l != n) {
+                return Err(H1Error::Invalid("conflicting Content-Length"));
+            }
+            doubtful |= length.is_some();
+            length = Some(n);
+        } else if name == header::TRANSFER_ENCODING {
+            coded = true;
+            // Only the last coding decides whether the body is chunked.
+            chunked = raw
+                .split(|&b| b == b',')
+                .map(<[u8]>::trim_ascii)
+                .rfind(|t| !t.is_empty())
+                .is_some_and(|t| t.eq_ignore_ascii_case(b"chunked"));
+        } else if name == header::CONNECTION {
+            for token in raw.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                if token.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                } else if token.eq_ignore_ascii_case(b"keep-alive") && version == Version::HTTP_10 {
+                    close = false;
+                }
+            }
+        }
+        headers.append(name, value);
+    }
+    let no_body = head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
+    let framing = if no_body {
+        Framing::Empty
+    } else if coded {
+        // Both framings at once is how responses get smuggled: honour chunked as
+        // RFC 9112 says, and never reuse the connection.
+        doubtful |= length.is_some();
+        headers.remove(header::CONTENT_LENGTH);
+        if chunked { Framing::Chunked } else { Framing::Close }
+    } else {
+        match length {
+            Some(0) => Framing::Empty,
+            Some(n) => Framing::Length(n),
+            None => Framing::Close,
+        }
+    };
+    Ok(Some(Parsed::Final(Head {
+        status,
+        version,
+        headers,
+        framing,
+        keep_alive: !close && !doubtful,
+    })))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ChunkState {
+    /// Expecting a chunk-size line.
+    Size,
+    /// This many bytes of chunk data remain.
+    Data(u64),
+    /// Expecting the CRLF after chunk data.
+    DataEnd,
+    /// Expecting the trailer section (possibly empty).
+    Trailers,
+    /// The last chunk and trailers have been read.
+    Done,
+}
+
+/// A provider's response body, read straight from its connection. When it ends
+/// cleanly at a message boundary the connection goes back to the pool; dropped
+/// early, it closes the connection.
+pub(super) struct H1Body<P: Release> {
+    conn: Option<Conn>,
+    framing: Framing,
+    chunk: ChunkState,
+    reusable: bool,
+    pool: Option<P>,
+}
+
+impl<P: Release> std::fmt::Debug for H1Body<P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("H1Body")
+            .field("framing", &self.framing)
+            .field("chunk", &self.chunk)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<P: Release> H1Body<P> {
+    /// The message is complete: hand the connection back if it may be reused.
+    fn finish(&mut self) {
+        self.framing = Framing::Empty;
+        self.chunk = ChunkState::Done;
+        if let (Some(conn), Some(pool)) = (self.conn.take(), self.pool.take()) {
+            // Bytes beyond the message were never asked for: the provider is confused.
+            if self.reusable && conn.buf.is_empty() {
+                pool.release(conn);
+            }
+        }
+    }
+
+    fn fail(&mut self, e: H1Error) -> Poll<Option<Result<Frame<Bytes>, H1Error>>> {
+        self.conn = None;
+        self.framing = Framing::Empty;
+        self.chunk = ChunkState::Done;
+        Poll::Ready(Some(Err(e)))
+    }
+
+    fn poll_length(&mut self, cx: &mut Context<'_>, rem: u64) -> Poll<Option<Result<Frame<Bytes>, H1Error>>> {
+        let Some(conn) = self.conn.as_mut() else {
+            return Poll::Ready(None);
+        };
+        if conn.buf.is_empty() {
+            match ready!(conn.poll_fill(
+                cx,
+                READ_CHUNK.min(usize::try_from(rem).unwrap_or(usize::MAX)).max(8 * 1024)
+            )) {
+                Ok(0) => return self.fail(H1Error::Closed("in the middle of the response body")),
+                Ok(_) => {}
+                Err(e) => return self.fail(e.into()),
+            }
+        }
+        let take = conn.buf.len().min(usize::try_from(rem).unwrap_or(usize::MAX));
+        let data = conn.buf.split_to(take).freeze();
+        let left = rem - take as u64;
+        if left == 0 {
+            self.finish();
+        } else {
+            self.framing = Framing::Length(left);
+        }
+        Poll::Ready(Some(Ok(Frame::data(data))))
+    }
+
+    fn poll_close(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, H1Error>>> {
+        let Some(conn) = self.conn.as_mut() else {
+            return Poll::Ready(None);
+        };
+        if conn.buf.is_empty() {
+            match ready!(conn.poll_fill(cx, READ_CHUNK)) {
+                Ok(0) => {
+                    self.conn = None;
+                    self.framing = Framing::Empty;
+                    return Poll::Ready(None);
+                }
+                Ok(_) => {}
+                Err(e) => return self.fail(e.into()),
+            }
+        }
+        let data = conn.buf.split().freeze();
+        Poll::Ready(Some(Ok(Frame::data(data))))
+    }
+
+    fn poll_chunked(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, H1Error>>> {
+        loop {
+            let Some(conn) = self.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            let step = match self.chunk {
+                ChunkState::Size => chunk_size(&mut conn.buf).map(|size| {
+                    size.map(|n| {
+                        self.chunk = if n == 0 {
+                            ChunkState::Trailers
+                        } else {
+                            ChunkState::Data(n)
+                        };
+                    })
+                }),
+                ChunkState::Data(rem) => {
+                    if conn.buf.is_empty() {
+                        Ok(None)
+                    } else {
+                        let take = conn.buf.len().min(usize::try_from(rem).unwrap_or(usize::MAX));
+                        let data = conn.buf.split_to(take).freeze();
+                        let left = rem - take as u64;
+                        self.chunk = if left == 0 {
+                            ChunkState::DataEnd
+                        } else {
+                            ChunkState::Data(left)
+                        };
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                }
+                ChunkState::DataEnd => {
+                    if conn.buf.len() < 2 {
+                        Ok(None)
+                    } else if &conn.buf[..2] == b"\r\n" {
+                        conn.buf.advance(2);
+                        self.chunk = ChunkState::Size;
+                        Ok(Some(()))
+                    } else {
+                        Err(H1Error::Invalid("chunk data not followed by CRLF"))
+                    }
+                }
+                ChunkState::Trailers => match trailer_section(&mut conn.buf) {
+                    Ok(Some(trailers)) => {
+                        self.finish();
+                        if trailers.is_empty() {
+                            return Poll::Ready(None);
+                        }
+                        return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+                    }
+                    Ok(None) => Ok(None),
+                    Err(e) => Err(e),
+                },
+                ChunkState::Done => return Poll::Ready(None),
+            };
+            match step {
+                Ok(Some(())) => continue,
+                Err(e) => return self.fail(e),
+                Ok(None) => {}
+            }
+            // Need more bytes.
+            let Some(conn) = self.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            let limit = match self.chunk {
+                ChunkState::Trailers => MAX_HEAD,
+                _ => MAX_CHUNK_LINE,
+            };
+            if !matches!(self.chunk, ChunkState::Data(_)) && conn.buf.len() >= limit {
+                return self.fail(H1Error::Invalid("chunk framing line too long"));
+            }
+            match ready!(conn.poll_fill(cx, READ_CHUNK)) {
+                Ok(0) => return self.fail(H1Error::Closed("in the middle of the chunked body")),
+                Ok(_) => {}
+                Err(e) => return self.fail(e.into()),
+            }
+        }
+    }
+}
+
+/// Parses a chunk-size line (`1a2b;ext=1\r\n`) from the front of `buf`.
+fn chunk_size(buf: &mut BytesMut) -> Result<Option<u64>, H1Error> {
+    let Some(end) = buf.windows(2).position(|w| w == b"\r\n") else {
+        return Ok(None);
+    };
+    let line = &buf[..end];
+    let digits = line.split(|&b| b == b';').next().unwrap_or(b"").trim_ascii();
+    if digits.is_empty() || digits.len() > 16 {
+        return Err(H1Error::Invalid("invalid chunk size"));
+    }
+    let mut n: u64 = 0;
+    for &b in digits {
+        let d = (b as char).to_digit(16).ok_or(H1Error::Invalid("invalid chunk size"))?;
+        n = n
+            .checked_mul(16)
+            .and_then(|n| n.checked_add(u64::from(d)))
+            .ok_or(H1Error::Invalid("chunk size overflows"))?;
+    }
+    buf.advance(end + 2);
+    Ok(Some(n))
+}
+
+/// Parses the trailer section after the last chunk (empty when the next bytes are
+/// CRLF).
+fn trailer_section(buf: &mut BytesMut) -> Result<Option<HeaderMap>, H1Error> {
+    if buf.len() < 2 {
+        return Ok(None);
+    }
+    if &buf[..2] == b"\r\n" {
+        buf.advance(2);
+        return Ok(Some(HeaderMap::new()));
+    }
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let (len, parsed) = match httparse::parse_headers(buf, &mut fields) {
+        Ok(httparse::Status::Complete(x)) => x,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(_) => return Err(H1Error::Invalid("malformed trailer section")),
+    };
+    let mut trailers = HeaderMap::with_capacity(parsed.len());
+    for field in parsed.iter() {
+        let name =
+            HeaderName::from_bytes(field.name.as_bytes()).map_err(|_| H1Error::Invalid("invalid trailer name"))?;
+        let value = HeaderValue::from_bytes(field.value).map_err(|_| H1Error::Invalid("invalid trailer value"))?;
+        trailers.append(name, value);
+    }
+    buf.advance(len);
+    Ok(Some(trailers))
+}
+
+impl<P: Release> Body for H1Body<P> {
+    type Data = Bytes;
+    type Error = H1Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, H1Error>>> {
+        let this = self.get_mut();
+        match this.framing {
+            Framing::Empty => Poll::Ready(None),
+            Framing::Length(rem) => this.poll_length(cx, rem),
+            Framing::Chunked => this.poll_chunked(cx),
+            Framing::Close => this.poll_close(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.framing == Framing::Empty
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.framing {
+            Framing::Empty => SizeHint::with_exact(0),
+            Framing::Length(n) => SizeHint::with_exact(n),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
