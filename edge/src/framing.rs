@@ -11,6 +11,7 @@
 //! connection is closed after that answer.
 
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
@@ -254,16 +255,18 @@ impl Scanner {
     /// Parses a head at the start of `data`. `Some(len)` when complete (verdict
     /// recorded, state advanced); `None` when partial or when the scanner gave up.
     fn parse_head(&mut self, data: &[u8], ledger: &Ledger) -> Option<usize> {
-        let mut stack = [httparse::EMPTY_HEADER; STACK_HEADERS];
+        // Uninitialised slots: filling a hundred empty headers per request costs
+        // more than the parse itself.
+        let mut stack = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; STACK_HEADERS];
         let mut heap = Vec::new();
-        let headers: &mut [httparse::Header<'_>] = if self.max_headers <= STACK_HEADERS {
+        let headers: &mut [MaybeUninit<httparse::Header<'_>>] = if self.max_headers <= STACK_HEADERS {
             &mut stack[..self.max_headers]
         } else {
-            heap.resize(self.max_headers, httparse::EMPTY_HEADER);
+            heap.resize_with(self.max_headers, MaybeUninit::uninit);
             &mut heap
         };
-        let mut req = httparse::Request::new(headers);
-        let len = match req.parse(data) {
+        let mut req = httparse::Request::new(&mut []);
+        let len = match req.parse_with_uninit_headers(data, headers) {
             Ok(httparse::Status::Complete(len)) => len,
             Ok(httparse::Status::Partial) => return None,
             Err(_) => {

@@ -61,52 +61,59 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> bool {
     trailers
 }
 
+/// The forwarding elements this edge adds for one client, formatted once per
+/// connection rather than per request.
+#[derive(Clone, Debug)]
+pub struct Trail {
+    /// The client's address (IPv4-mapped IPv6 shown as IPv4).
+    pub peer: IpAddr,
+    proto: &'static str,
+    /// `X-Forwarded-For` element: the address.
+    for_value: HeaderValue,
+    /// `Forwarded` element (RFC 7239: IPv6 bracketed and quoted).
+    forwarded: HeaderValue,
+}
+
+impl Trail {
+    /// The trail for a client at `peer` that came over `proto` (`http` or `https`).
+    pub fn new(peer: IpAddr, proto: &'static str) -> Self {
+        let forwarded = match peer {
+            IpAddr::V4(ip) => format!("for={ip};proto={proto}"),
+            IpAddr::V6(ip) => format!("for=\"[{ip}]\";proto={proto}"),
+        };
+        let value = |s: String| HeaderValue::from_str(&s).unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        Trail {
+            peer,
+            proto,
+            for_value: value(peer.to_string()),
+            forwarded: value(forwarded),
+        }
+    }
+}
+
 /// How the client reached the edge, for the forwarding trail.
 #[derive(Clone, Copy, Debug)]
-pub struct Hop {
-    /// The peer's address.
-    pub peer: IpAddr,
+pub struct Hop<'a> {
+    /// The client's trail elements.
+    pub trail: &'a Trail,
     /// Whether the peer is a configured trusted hop.
     pub trusted: bool,
-    /// `http` or `https`.
-    pub proto: &'static str,
 }
 
 /// Writes `X-Forwarded-For`, `X-Forwarded-Proto` and `Forwarded` for the next hop:
 /// appended to a trusted peer's trail, replacing an untrusted peer's.
-pub fn set_forwarding(headers: &mut HeaderMap, hop: Hop) {
-    use std::io::Write as _;
-    // Formatted on the stack: one allocation per header, for the value itself.
-    let mut buf = [0u8; 96];
-    let mut cur = std::io::Cursor::new(&mut buf[..]);
-    let _ = write!(cur, "{}", hop.peer);
-    let n = cur.position() as usize;
-    append_or_replace(headers, &X_FORWARDED_FOR, &buf[..n], hop.trusted);
-
+pub fn set_forwarding(headers: &mut HeaderMap, hop: Hop<'_>) {
+    let trail = hop.trail;
+    append_or_replace(headers, &X_FORWARDED_FOR, &trail.for_value, hop.trusted);
     if !(hop.trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
-        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(hop.proto));
+        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(trail.proto));
     }
-
-    // RFC 7239: IPv6 addresses are bracketed and the node quoted.
-    let mut cur = std::io::Cursor::new(&mut buf[..]);
-    let _ = match hop.peer {
-        IpAddr::V4(ip) => write!(cur, "for={ip};proto={}", hop.proto),
-        IpAddr::V6(ip) => write!(cur, "for=\"[{ip}]\";proto={}", hop.proto),
-    };
-    let n = cur.position() as usize;
-    append_or_replace(headers, &header::FORWARDED, &buf[..n], hop.trusted);
+    append_or_replace(headers, &header::FORWARDED, &trail.forwarded, hop.trusted);
 }
 
-fn append_or_replace(headers: &mut HeaderMap, name: &HeaderName, value: &[u8], append: bool) {
-    let existing = if append {
-        headers.get_all(name).iter().count()
-    } else {
-        0
-    };
-    if existing == 0 {
-        if let Ok(v) = HeaderValue::from_bytes(value) {
-            headers.insert(name.clone(), v);
-        }
+fn append_or_replace(headers: &mut HeaderMap, name: &HeaderName, value: &HeaderValue, append: bool) {
+    if !append || !headers.contains_key(name) {
+        headers.insert(name.clone(), value.clone());
         return;
     }
     let mut combined = Vec::with_capacity(64 + value.len());
@@ -117,7 +124,7 @@ fn append_or_replace(headers: &mut HeaderMap, name: &HeaderName, value: &[u8], a
             combined.extend_from_slice(b", ");
         }
     }
-    combined.extend_from_slice(value);
+    combined.extend_from_slice(value.as_bytes());
     if let Ok(v) = HeaderValue::from_bytes(&combined) {
         headers.insert(name.clone(), v);
     }
@@ -218,12 +225,12 @@ mod tests {
             ("x-forwarded-proto", "https"),
             ("forwarded", "for=6.6.6.6"),
         ]);
+        let trail = Trail::new("10.1.2.3".parse().unwrap(), "http");
         set_forwarding(
             &mut h,
             Hop {
-                peer: "10.1.2.3".parse().unwrap(),
+                trail: &trail,
                 trusted: false,
-                proto: "http",
             },
         );
         assert_eq!(h["x-forwarded-for"], "10.1.2.3");
@@ -239,12 +246,12 @@ mod tests {
             ("x-forwarded-proto", "https"),
             ("forwarded", "for=1.1.1.1"),
         ]);
+        let trail = Trail::new("::1".parse().unwrap(), "http");
         set_forwarding(
             &mut h,
             Hop {
-                peer: "::1".parse().unwrap(),
+                trail: &trail,
                 trusted: true,
-                proto: "http",
             },
         );
         assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, ::1");

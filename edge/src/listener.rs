@@ -159,12 +159,7 @@ impl Listener {
         let state = ConnState::new(Instant::now(), true);
         let scanner = Scanner::new(self.limits.max_header_bytes as usize, self.limits.max_headers as usize);
         let io = TokioIo::new(Guarded::new(io, scanner, state.clone()));
-        let info = Arc::new(ConnInfo {
-            peer,
-            proto,
-            state: state.clone(),
-            guarded: true,
-        });
+        let info = Arc::new(ConnInfo::new(peer, proto, state.clone(), true));
         let svc = self.service(info);
         let conn = self.h1.serve_connection(io, svc);
         self.drive(conn, &state, peer).await;
@@ -176,12 +171,7 @@ impl Listener {
     {
         let _open = record::connection("h2");
         let state = ConnState::new(Instant::now(), false);
-        let info = Arc::new(ConnInfo {
-            peer,
-            proto,
-            state: state.clone(),
-            guarded: false,
-        });
+        let info = Arc::new(ConnInfo::new(peer, proto, state.clone(), false));
         let svc = self.service(info);
         let conn = self.h2.serve_connection(TokioIo::new(io), svc);
         self.drive(conn, &state, peer).await;

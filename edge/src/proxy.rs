@@ -28,7 +28,7 @@ use meridian_proto::Protocol;
 use crate::body::{BoxError, CountedBody, ProxyBody, ResponseBody, TimedBody};
 use crate::config::{Forwarding, HedgingConfig, canonical_ip};
 use crate::conn::ConnState;
-use crate::headers::{self, Hop, ViaValues};
+use crate::headers::{self, Hop, Trail, ViaValues};
 use crate::origin::{Origin, RequestFacts};
 use crate::record;
 use crate::respond::Refusal;
@@ -70,6 +70,21 @@ pub struct ConnInfo {
     pub state: Arc<ConnState>,
     /// Whether the framing guard watches this connection (HTTP/1.x).
     pub guarded: bool,
+    /// The forwarding elements for this client.
+    pub trail: Trail,
+}
+
+impl ConnInfo {
+    /// A connection from `peer` over `proto` (`http` or `https`).
+    pub fn new(peer: SocketAddr, proto: &'static str, state: Arc<ConnState>, guarded: bool) -> Self {
+        ConnInfo {
+            peer,
+            proto,
+            state,
+            guarded,
+            trail: Trail::new(canonical_ip(peer.ip()), proto),
+        }
+    }
 }
 
 /// The proxy: a current snapshot and the logic that applies it.
@@ -263,7 +278,7 @@ where
         .as_ref()
         .and_then(|h| h.to_str().ok())
         .map(host_without_port);
-    let peer = canonical_ip(conn.peer.ip());
+    let peer = conn.trail.peer;
     let trusted = snap.forwarding.is_trusted(peer);
     let origin = snap.routing.resolve(RequestFacts {
         host: host_name.as_deref(),
@@ -292,9 +307,8 @@ where
     headers::set_forwarding(
         &mut parts.headers,
         Hop {
-            peer,
+            trail: &conn.trail,
             trusted,
-            proto: conn.proto,
         },
     );
     headers::add_via(&mut parts.headers, client_version, &snap.via);

@@ -512,7 +512,13 @@ fn run_worker(
     max_connections: u32,
 ) {
     set_current_worker(parts.index);
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    // Sockets and timers only: signals belong to the main runtime, and the signal
+    // and process drivers would otherwise run on every park of every worker.
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!(worker = parts.index, error = %e, "cannot start worker runtime");

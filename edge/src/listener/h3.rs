@@ -174,12 +174,12 @@ impl H3Listener {
             }
         };
         let _open = record::connection("h3");
-        let info = Arc::new(ConnInfo {
+        let info = Arc::new(ConnInfo::new(
             peer,
-            proto: "https",
-            state: ConnState::new(Instant::now(), false),
-            guarded: false,
-        });
+            "https",
+            ConnState::new(Instant::now(), false),
+            false,
+        ));
         let mut requests = JoinSet::new();
         let mut drain = self.drain.clone();
         let mut draining = *drain.borrow();

@@ -29,8 +29,8 @@ use crate::body::{BoxError, ProxyBody};
 
 /// Longest response head accepted from a provider.
 const MAX_HEAD: usize = 64 * 1024;
-/// Most header fields in a response head or a trailer section.
-const MAX_HEADERS: usize = 128;
+/// Most header fields in a response head or a trailer section (hyper's default).
+const MAX_HEADERS: usize = 100;
 /// Longest chunk-size line (size, extensions, CRLF).
 const MAX_CHUNK_LINE: usize = 4096;
 /// Bytes asked of the socket per read while a body streams.
@@ -411,6 +411,9 @@ fn parse_response(buf: &mut BytesMut, head_request: bool) -> Result<Option<Parse
         Err(httparse::Error::TooManyHeaders) => return Err(H1Error::Invalid("too many header fields")),
         Err(_) => return Err(H1Error::Invalid("malformed response head")),
     };
+    if len > MAX_HEAD {
+        return Err(H1Error::Invalid("response head too large"));
+    }
     let code = resp.code.unwrap_or(0);
     let status = StatusCode::from_u16(code).map_err(|_| H1Error::Invalid("invalid status code"))?;
     if status.is_informational() {
