@@ -1,12 +1,14 @@
-//! Per-connection bookkeeping: requests in flight, idle time, slow request heads.
+//! Per-connection bookkeeping: requests in flight, idle time, slow request heads,
+//! and the notice that the listener is draining.
 //!
 //! The listener's connection task consults this state to close idle keep-alive
 //! connections and connections that dribble a request head (slowloris). The decision
 //! is a pure function of the state and `now`, so it is tested without sockets or
 //! sleeps. Nothing here ever blocks or allocates per request.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -119,6 +121,101 @@ impl Drop for InflightGuard {
     }
 }
 
+/// Tells a listener's connections that drain has begun.
+///
+/// A connection task wakes a few times per request and must check for drain each
+/// time; here that check is one atomic load, and the task's waker is registered
+/// once per connection rather than on every wake-up (as a `watch` or `Notify`
+/// future would, under a lock).
+#[derive(Debug, Default)]
+pub struct DrainNotice {
+    draining: AtomicBool,
+    waiters: Mutex<Waiters>,
+}
+
+#[derive(Debug, Default)]
+struct Waiters {
+    slots: Vec<Option<Waker>>,
+    free: Vec<usize>,
+}
+
+impl DrainNotice {
+    /// A notice not yet given.
+    pub fn new() -> Arc<Self> {
+        Arc::new(DrainNotice::default())
+    }
+
+    /// Gives the notice: every watching connection is woken.
+    pub fn give(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+        let wakers: Vec<Waker> = match self.waiters.lock() {
+            Ok(mut w) => w.slots.iter_mut().filter_map(Option::take).collect(),
+            Err(_) => return,
+        };
+        wakers.into_iter().for_each(Waker::wake);
+    }
+
+    /// Whether the notice has been given.
+    pub fn given(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// A watch for one connection.
+    pub fn watch(self: &Arc<Self>) -> DrainWatch {
+        DrainWatch {
+            notice: self.clone(),
+            slot: None,
+        }
+    }
+}
+
+/// One connection's view of a [`DrainNotice`]. It must be polled from a single task
+/// (the connection's own), whose waker it keeps after the first poll.
+#[derive(Debug)]
+pub struct DrainWatch {
+    notice: Arc<DrainNotice>,
+    slot: Option<usize>,
+}
+
+impl DrainWatch {
+    /// Ready once the notice is given.
+    pub fn poll_given(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.notice.given() {
+            return Poll::Ready(());
+        }
+        if self.slot.is_none() {
+            if let Ok(mut w) = self.notice.waiters.lock() {
+                let waker = Some(cx.waker().clone());
+                let slot = match w.free.pop() {
+                    Some(i) => {
+                        w.slots[i] = waker;
+                        i
+                    }
+                    None => {
+                        w.slots.push(waker);
+                        w.slots.len() - 1
+                    }
+                };
+                self.slot = Some(slot);
+            }
+            // Given between the check and the registration: seen now.
+            if self.notice.given() {
+                return Poll::Ready(());
+            }
+        }
+        Poll::Pending
+    }
+}
+
+impl Drop for DrainWatch {
+    fn drop(&mut self) {
+        if let (Some(i), Ok(mut w)) = (self.slot, self.notice.waiters.lock()) {
+            w.slots[i] = None;
+            w.free.push(i);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -161,5 +258,42 @@ mod tests {
         assert_eq!(s.check(t1 + HEAD, HEAD, IDLE), Check::SlowHead);
         s.observe_head(true, false);
         assert!(matches!(s.check(t1 + HEAD, HEAD, IDLE), Check::Until(_)));
+    }
+
+    #[tokio::test]
+    async fn drain_notice_wakes_every_watching_connection_once_given() {
+        let notice = DrainNotice::new();
+        let mut tasks = Vec::new();
+        for _ in 0..3 {
+            let mut w = notice.watch();
+            tasks.push(tokio::spawn(async move {
+                std::future::poll_fn(|cx| w.poll_given(cx)).await
+            }));
+        }
+        // Each task registers on its first poll.
+        tokio::task::yield_now().await;
+        // A watch dropped before the notice frees its slot for the next one.
+        let mut gone = notice.watch();
+        let polled = std::future::poll_fn(|cx| Poll::Ready(gone.poll_given(cx))).await;
+        assert!(polled.is_pending());
+        drop(gone);
+        let mut reused = notice.watch();
+        assert!(
+            std::future::poll_fn(|cx| Poll::Ready(reused.poll_given(cx)))
+                .await
+                .is_pending()
+        );
+        assert_eq!(notice.waiters.lock().unwrap().slots.len(), 4);
+        notice.give();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        // A watch made after the notice sees it at once.
+        let mut late = notice.watch();
+        assert!(
+            std::future::poll_fn(|cx| Poll::Ready(late.poll_given(cx)))
+                .await
+                .is_ready()
+        );
     }
 }

@@ -26,7 +26,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::body::ResponseBody;
 use crate::config::Limits;
-use crate::conn::{Check, ConnState};
+use crate::conn::{Check, ConnState, DrainNotice};
 use crate::framing::{Guarded, Scanner};
 use crate::proxy::{ConnInfo, Proxy};
 use crate::record;
@@ -42,6 +42,8 @@ pub struct Listener {
     h2: http2::Builder<TokioExecutor>,
     permits: Arc<Semaphore>,
     drain: watch::Receiver<bool>,
+    /// Passed on to this listener's connections when drain begins.
+    conns: Arc<DrainNotice>,
     /// `Alt-Svc` added to every response, advertising HTTP/3.
     alt_svc: Option<HeaderValue>,
 }
@@ -84,6 +86,7 @@ impl Listener {
             h2,
             permits,
             drain,
+            conns: DrainNotice::new(),
             alt_svc,
         })
     }
@@ -104,7 +107,7 @@ impl Listener {
                         continue;
                     }
                 },
-                _ = drained(&mut drain) => return,
+                _ = drained(&mut drain) => return self.conns.give(),
             };
             // The connection cap is shared by all workers, but each worker accepts
             // from its own socket: accept first, then wait for a slot, and accept
@@ -115,7 +118,7 @@ impl Listener {
                     Ok(p) => p,
                     Err(_) => return,
                 },
-                _ = drained(&mut drain) => return,
+                _ = drained(&mut drain) => return self.conns.give(),
             };
             let _ = tcp.set_nodelay(true);
             let this = self.clone();
@@ -211,8 +214,8 @@ impl Listener {
         C::Error: std::fmt::Display,
     {
         let mut conn = pin!(conn);
-        let mut drain = self.drain.clone();
-        let mut draining = *drain.borrow();
+        let mut drain = self.conns.watch();
+        let mut draining = self.conns.given();
         if draining {
             conn.as_mut().graceful_shutdown();
         }
@@ -222,13 +225,14 @@ impl Listener {
         let mut wake = Instant::now() + header_timeout.min(idle_timeout);
         loop {
             tokio::select! {
+                biased;
                 res = conn.as_mut() => {
                     if let Err(e) = res {
                         tracing::debug!(%peer, error = %e, "connection ended with an error");
                     }
                     return;
                 }
-                _ = drained(&mut drain), if !draining => {
+                _ = std::future::poll_fn(|cx| drain.poll_given(cx)), if !draining => {
                     draining = true;
                     conn.as_mut().graceful_shutdown();
                 }

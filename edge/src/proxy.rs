@@ -358,7 +358,7 @@ where
             ))
             .await
         } else {
-            let result = upstream::send(&target, req).await;
+            let result = upstream::send(&target, req, decided).await;
             (target, decided, result)
         };
         match result {
@@ -440,7 +440,7 @@ async fn send_hedged(
     *copy.version_mut() = req.version();
     *copy.headers_mut() = req.headers().clone();
     let first_sent = Instant::now();
-    let primary = upstream::send(&first, req);
+    let primary = upstream::send(&first, req, first_sent);
     tokio::pin!(primary);
     tokio::select! {
         r = &mut primary => return (first.clone_for_hedge(), first_sent, r),
@@ -456,7 +456,7 @@ async fn send_hedged(
         }
     };
     let second_sent = Instant::now();
-    let backup = upstream::send(&second, copy);
+    let backup = upstream::send(&second, copy, second_sent);
     tokio::pin!(backup);
     let (first_won, r) = tokio::select! {
         r = &mut primary => (true, r),

@@ -319,14 +319,23 @@ impl From<UpstreamError> for SendFailure {
     }
 }
 
-/// Sends `req` to the provider routing chose and waits for the response head.
-pub async fn send(target: &Target, req: Request<ProxyBody>) -> Result<Response<UpstreamBody>, SendFailure> {
+/// Sends `req` to the provider routing chose and waits for the response head, at
+/// most the provider's response timeout from `now` (the caller's clock reading,
+/// microseconds old).
+pub async fn send(
+    target: &Target,
+    req: Request<ProxyBody>,
+    now: tokio::time::Instant,
+) -> Result<Response<UpstreamBody>, SendFailure> {
     let pool = target.pool();
     // The calling worker's own pool: its connections live on this thread.
     let w = current_worker();
     let exchange = async {
         match &pool.workers {
-            Workers::H1(pools) => pools[w % pools.len()].send(req).await.map(|r| r.map(UpstreamBody::H1)),
+            Workers::H1(pools) => pools[w % pools.len()]
+                .send(req, now)
+                .await
+                .map(|r| r.map(UpstreamBody::H1)),
             // Boxed so HTTP/1.1 requests do not carry the HTTP/2 client's future.
             Workers::H2(clients) => match Box::pin(clients[w % clients.len()].request(req)).await {
                 Ok(resp) => Ok(resp.map(UpstreamBody::H2)),
@@ -344,7 +353,7 @@ pub async fn send(target: &Target, req: Request<ProxyBody>) -> Result<Response<U
             },
         }
     };
-    match tokio::time::timeout(pool.response_timeout, exchange).await {
+    match tokio::time::timeout_at(now + pool.response_timeout, exchange).await {
         Err(_) => Err(UpstreamError::ResponseTimeout.into()),
         Ok(r) => r,
     }

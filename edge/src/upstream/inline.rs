@@ -91,12 +91,16 @@ impl InlinePool {
 
     /// Sends `req` and returns the response once its head arrived; the body reads
     /// the connection from then on.
-    pub(crate) async fn send(self: &Arc<Self>, req: Request<ProxyBody>) -> Result<Response<InlineBody>, SendFailure> {
+    pub(crate) async fn send(
+        self: &Arc<Self>,
+        req: Request<ProxyBody>,
+        now: Instant,
+    ) -> Result<Response<InlineBody>, SendFailure> {
         let unsent = |error, req| SendFailure {
             error,
             unsent: Some(req),
         };
-        let (conn, reused) = match self.acquire().await {
+        let (conn, reused) = match self.acquire(now).await {
             Ok(x) => x,
             Err(e) => return Err(unsent(e, req)),
         };
@@ -113,7 +117,7 @@ impl InlinePool {
         };
         // The pooled connection had been closed by the provider: nothing was sent,
         // so one retry is safe for any method.
-        let (conn, _) = match self.acquire().await {
+        let (conn, _) = match self.acquire(now).await {
             Ok(x) => x,
             Err(e) => return Err(unsent(e, req)),
         };
@@ -126,9 +130,9 @@ impl InlinePool {
     /// An idle connection, or a new one once a slot is free, whichever comes first
     /// (a slot may be held by a connection that is about to be returned). The flag
     /// says whether the connection was reused.
-    async fn acquire(&self) -> Result<(Conn, bool), UpstreamError> {
+    async fn acquire(&self, now: Instant) -> Result<(Conn, bool), UpstreamError> {
         loop {
-            if let Some(conn) = self.checkout() {
+            if let Some(conn) = self.checkout(now) {
                 return Ok((conn, true));
             }
             let permits = self.connector.permits().clone();
@@ -145,10 +149,10 @@ impl InlinePool {
         }
     }
 
-    fn checkout(&self) -> Option<Conn> {
+    fn checkout(&self, now: Instant) -> Option<Conn> {
         loop {
             let mut idle = self.idle.lock().ok()?.pop()?;
-            if idle.since.elapsed() >= self.idle_timeout {
+            if now.saturating_duration_since(idle.since) >= self.idle_timeout {
                 continue;
             }
             // Not read while idle: let it notice a close (EOF) now.
