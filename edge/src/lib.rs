@@ -15,6 +15,7 @@
 
 pub mod admin;
 pub mod body;
+pub mod codec;
 pub mod config;
 pub mod conn;
 pub mod framing;

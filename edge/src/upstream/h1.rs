@@ -19,20 +19,19 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::UpstreamIo;
 use crate::body::{BoxError, ProxyBody};
+use crate::codec::{DecodeError, Decoder, Framing, Span, Step, has_token, header_map};
 
 /// Longest response head accepted from a provider.
 const MAX_HEAD: usize = 64 * 1024;
 /// Most header fields in a response head or a trailer section (hyper's default).
 const MAX_HEADERS: usize = 100;
-/// Longest chunk-size line (size, extensions, CRLF).
-const MAX_CHUNK_LINE: usize = 4096;
 /// Bytes asked of the socket per read while a body streams.
 const READ_CHUNK: usize = 64 * 1024;
 /// Informational (1xx) responses skipped before the final one.
@@ -50,6 +49,9 @@ pub enum H1Error {
     /// The provider broke HTTP/1.1.
     #[error("invalid response from provider: {0}")]
     Invalid(&'static str),
+    /// The response body's framing broke.
+    #[error("invalid response body from provider: {0}")]
+    Body(#[from] DecodeError),
     /// The request body failed (the client went away or stalled).
     #[error("request body failed: {0}")]
     RequestBody(BoxError),
@@ -105,19 +107,6 @@ pub(super) struct Failed {
     pub(super) error: H1Error,
     /// The untouched request, when nothing of it reached the provider.
     pub(super) unsent: Option<Request<ProxyBody>>,
-}
-
-/// How a message's body is delimited.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Framing {
-    /// No body.
-    Empty,
-    /// Exactly this many bytes remain.
-    Length(u64),
-    /// Chunked transfer coding.
-    Chunked,
-    /// Until the provider closes the connection.
-    Close,
 }
 
 /// What the response body hands back when it is done: the connection, if it may
@@ -210,12 +199,11 @@ pub(super) async fn exchange<P: Release>(
     let reusable = head.keep_alive && request_done && head.framing != Framing::Close;
     let mut body = H1Body {
         conn: Some(conn),
-        framing: head.framing,
-        chunk: ChunkState::Size,
+        decoder: Decoder::new(head.framing),
         reusable,
         pool: Some(pool),
     };
-    if head.framing == Framing::Empty || head.framing == Framing::Length(0) {
+    if body.decoder.is_end() {
         body.finish();
     }
     let mut resp = Response::new(body);
@@ -428,35 +416,18 @@ fn parse_response(buf: &mut BytesMut, head_request: bool) -> Result<Option<Parse
     } else {
         Version::HTTP_11
     };
-    // Field values become slices of the head (no copies): note where each lies,
-    // then split the head off the buffer.
-    let base = buf.as_ptr() as usize;
-    let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
+    let mut spans = [Span::default(); MAX_HEADERS];
     let count = resp.headers.len();
-    for (span, field) in spans.iter_mut().zip(resp.headers.iter()) {
-        let at = |s: &[u8]| (s.as_ptr() as usize - base) as u32;
-        *span = (
-            at(field.name.as_bytes()),
-            field.name.len() as u32,
-            at(field.value),
-            field.value.len() as u32,
-        );
-    }
-    let head = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(count + 4);
     let mut length: Option<u64> = None;
     let mut chunked = false;
     let mut coded = false;
     let mut close = version == Version::HTTP_10;
     let mut doubtful = false;
-    for &(ns, nl, vs, vl) in &spans[..count] {
-        let name = &head[ns as usize..(ns + nl) as usize];
-        let (vs, ve) = (vs as usize, (vs + vl) as usize);
-        let raw = &head[vs..ve];
-        let name = HeaderName::from_bytes(name).map_err(|_| H1Error::Invalid("invalid field name"))?;
-        let value =
-            HeaderValue::from_maybe_shared(head.slice(vs..ve)).map_err(|_| H1Error::Invalid("invalid field value"))?;
-        if name == header::CONTENT_LENGTH {
+    let base = buf.as_ptr();
+    for (span, field) in spans.iter_mut().zip(resp.headers.iter()) {
+        *span = Span::of(base, field);
+        let raw = field.value;
+        if field.name.eq_ignore_ascii_case("content-length") {
             let n = std::str::from_utf8(raw)
                 .ok()
                 .map(str::trim)
@@ -468,7 +439,7 @@ fn parse_response(buf: &mut BytesMut, head_request: bool) -> Result<Option<Parse
             }
             doubtful |= length.is_some();
             length = Some(n);
-        } else if name == header::TRANSFER_ENCODING {
+        } else if field.name.eq_ignore_ascii_case("transfer-encoding") {
             coded = true;
             // Only the last coding decides whether the body is chunked.
             chunked = raw
@@ -476,17 +447,17 @@ fn parse_response(buf: &mut BytesMut, head_request: bool) -> Result<Option<Parse
                 .map(<[u8]>::trim_ascii)
                 .rfind(|t| !t.is_empty())
                 .is_some_and(|t| t.eq_ignore_ascii_case(b"chunked"));
-        } else if name == header::CONNECTION {
-            for token in raw.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-                if token.eq_ignore_ascii_case(b"close") {
-                    close = true;
-                } else if token.eq_ignore_ascii_case(b"keep-alive") && version == Version::HTTP_10 {
-                    close = false;
-                }
+        } else if field.name.eq_ignore_ascii_case("connection") {
+            if has_token(raw, b"close") {
+                close = true;
+            } else if version == Version::HTTP_10 && has_token(raw, b"keep-alive") {
+                close = false;
             }
         }
-        headers.append(name, value);
     }
+    // Field values become slices of the head (no copies).
+    let head = buf.split_to(len).freeze();
+    let mut headers = header_map(&head, &spans[..count], 4).map_err(|e| H1Error::Invalid(e.0))?;
     let no_body = head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
     let framing = if no_body {
         Framing::Empty
@@ -512,27 +483,12 @@ fn parse_response(buf: &mut BytesMut, head_request: bool) -> Result<Option<Parse
     })))
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ChunkState {
-    /// Expecting a chunk-size line.
-    Size,
-    /// This many bytes of chunk data remain.
-    Data(u64),
-    /// Expecting the CRLF after chunk data.
-    DataEnd,
-    /// Expecting the trailer section (possibly empty).
-    Trailers,
-    /// The last chunk and trailers have been read.
-    Done,
-}
-
 /// A provider's response body, read straight from its connection. When it ends
 /// cleanly at a message boundary the connection goes back to the pool; dropped
 /// early, it closes the connection.
 pub(super) struct H1Body<P: Release> {
     conn: Option<Conn>,
-    framing: Framing,
-    chunk: ChunkState,
+    decoder: Decoder,
     reusable: bool,
     pool: Option<P>,
 }
@@ -540,8 +496,7 @@ pub(super) struct H1Body<P: Release> {
 impl<P: Release> std::fmt::Debug for H1Body<P> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("H1Body")
-            .field("framing", &self.framing)
-            .field("chunk", &self.chunk)
+            .field("decoder", &self.decoder)
             .finish_non_exhaustive()
     }
 }
@@ -549,8 +504,6 @@ impl<P: Release> std::fmt::Debug for H1Body<P> {
 impl<P: Release> H1Body<P> {
     /// The message is complete: hand the connection back if it may be reused.
     fn finish(&mut self) {
-        self.framing = Framing::Empty;
-        self.chunk = ChunkState::Done;
         if let (Some(conn), Some(pool)) = (self.conn.take(), self.pool.take()) {
             // Bytes beyond the message were never asked for: the provider is confused.
             if self.reusable && conn.buf.is_empty() {
@@ -561,181 +514,8 @@ impl<P: Release> H1Body<P> {
 
     fn fail(&mut self, e: H1Error) -> Poll<Option<Result<Frame<Bytes>, H1Error>>> {
         self.conn = None;
-        self.framing = Framing::Empty;
-        self.chunk = ChunkState::Done;
         Poll::Ready(Some(Err(e)))
     }
-
-    fn poll_length(&mut self, cx: &mut Context<'_>, rem: u64) -> Poll<Option<Result<Frame<Bytes>, H1Error>>> {
-        let Some(conn) = self.conn.as_mut() else {
-            return Poll::Ready(None);
-        };
-        if conn.buf.is_empty() {
-            match ready!(conn.poll_fill(
-                cx,
-                READ_CHUNK.min(usize::try_from(rem).unwrap_or(usize::MAX)).max(8 * 1024)
-            )) {
-                Ok(0) => return self.fail(H1Error::Closed("in the middle of the response body")),
-                Ok(_) => {}
-                Err(e) => return self.fail(e.into()),
-            }
-        }
-        let take = conn.buf.len().min(usize::try_from(rem).unwrap_or(usize::MAX));
-        let data = conn.buf.split_to(take).freeze();
-        let left = rem - take as u64;
-        if left == 0 {
-            self.finish();
-        } else {
-            self.framing = Framing::Length(left);
-        }
-        Poll::Ready(Some(Ok(Frame::data(data))))
-    }
-
-    fn poll_close(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, H1Error>>> {
-        let Some(conn) = self.conn.as_mut() else {
-            return Poll::Ready(None);
-        };
-        if conn.buf.is_empty() {
-            match ready!(conn.poll_fill(cx, READ_CHUNK)) {
-                Ok(0) => {
-                    self.conn = None;
-                    self.framing = Framing::Empty;
-                    return Poll::Ready(None);
-                }
-                Ok(_) => {}
-                Err(e) => return self.fail(e.into()),
-            }
-        }
-        let data = conn.buf.split().freeze();
-        Poll::Ready(Some(Ok(Frame::data(data))))
-    }
-
-    fn poll_chunked(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, H1Error>>> {
-        loop {
-            let Some(conn) = self.conn.as_mut() else {
-                return Poll::Ready(None);
-            };
-            let step = match self.chunk {
-                ChunkState::Size => chunk_size(&mut conn.buf).map(|size| {
-                    size.map(|n| {
-                        self.chunk = if n == 0 {
-                            ChunkState::Trailers
-                        } else {
-                            ChunkState::Data(n)
-                        };
-                    })
-                }),
-                ChunkState::Data(rem) => {
-                    if conn.buf.is_empty() {
-                        Ok(None)
-                    } else {
-                        let take = conn.buf.len().min(usize::try_from(rem).unwrap_or(usize::MAX));
-                        let data = conn.buf.split_to(take).freeze();
-                        let left = rem - take as u64;
-                        self.chunk = if left == 0 {
-                            ChunkState::DataEnd
-                        } else {
-                            ChunkState::Data(left)
-                        };
-                        return Poll::Ready(Some(Ok(Frame::data(data))));
-                    }
-                }
-                ChunkState::DataEnd => {
-                    if conn.buf.len() < 2 {
-                        Ok(None)
-                    } else if &conn.buf[..2] == b"\r\n" {
-                        conn.buf.advance(2);
-                        self.chunk = ChunkState::Size;
-                        Ok(Some(()))
-                    } else {
-                        Err(H1Error::Invalid("chunk data not followed by CRLF"))
-                    }
-                }
-                ChunkState::Trailers => match trailer_section(&mut conn.buf) {
-                    Ok(Some(trailers)) => {
-                        self.finish();
-                        if trailers.is_empty() {
-                            return Poll::Ready(None);
-                        }
-                        return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
-                    }
-                    Ok(None) => Ok(None),
-                    Err(e) => Err(e),
-                },
-                ChunkState::Done => return Poll::Ready(None),
-            };
-            match step {
-                Ok(Some(())) => continue,
-                Err(e) => return self.fail(e),
-                Ok(None) => {}
-            }
-            // Need more bytes.
-            let Some(conn) = self.conn.as_mut() else {
-                return Poll::Ready(None);
-            };
-            let limit = match self.chunk {
-                ChunkState::Trailers => MAX_HEAD,
-                _ => MAX_CHUNK_LINE,
-            };
-            if !matches!(self.chunk, ChunkState::Data(_)) && conn.buf.len() >= limit {
-                return self.fail(H1Error::Invalid("chunk framing line too long"));
-            }
-            match ready!(conn.poll_fill(cx, READ_CHUNK)) {
-                Ok(0) => return self.fail(H1Error::Closed("in the middle of the chunked body")),
-                Ok(_) => {}
-                Err(e) => return self.fail(e.into()),
-            }
-        }
-    }
-}
-
-/// Parses a chunk-size line (`1a2b;ext=1\r\n`) from the front of `buf`.
-fn chunk_size(buf: &mut BytesMut) -> Result<Option<u64>, H1Error> {
-    let Some(end) = buf.windows(2).position(|w| w == b"\r\n") else {
-        return Ok(None);
-    };
-    let line = &buf[..end];
-    let digits = line.split(|&b| b == b';').next().unwrap_or(b"").trim_ascii();
-    if digits.is_empty() || digits.len() > 16 {
-        return Err(H1Error::Invalid("invalid chunk size"));
-    }
-    let mut n: u64 = 0;
-    for &b in digits {
-        let d = (b as char).to_digit(16).ok_or(H1Error::Invalid("invalid chunk size"))?;
-        n = n
-            .checked_mul(16)
-            .and_then(|n| n.checked_add(u64::from(d)))
-            .ok_or(H1Error::Invalid("chunk size overflows"))?;
-    }
-    buf.advance(end + 2);
-    Ok(Some(n))
-}
-
-/// Parses the trailer section after the last chunk (empty when the next bytes are
-/// CRLF).
-fn trailer_section(buf: &mut BytesMut) -> Result<Option<HeaderMap>, H1Error> {
-    if buf.len() < 2 {
-        return Ok(None);
-    }
-    if &buf[..2] == b"\r\n" {
-        buf.advance(2);
-        return Ok(Some(HeaderMap::new()));
-    }
-    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let (len, parsed) = match httparse::parse_headers(buf, &mut fields) {
-        Ok(httparse::Status::Complete(x)) => x,
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(_) => return Err(H1Error::Invalid("malformed trailer section")),
-    };
-    let mut trailers = HeaderMap::with_capacity(parsed.len());
-    for field in parsed.iter() {
-        let name =
-            HeaderName::from_bytes(field.name.as_bytes()).map_err(|_| H1Error::Invalid("invalid trailer name"))?;
-        let value = HeaderValue::from_bytes(field.value).map_err(|_| H1Error::Invalid("invalid trailer value"))?;
-        trailers.append(name, value);
-    }
-    buf.advance(len);
-    Ok(Some(trailers))
 }
 
 impl<P: Release> Body for H1Body<P> {
@@ -744,24 +524,48 @@ impl<P: Release> Body for H1Body<P> {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, H1Error>>> {
         let this = self.get_mut();
-        match this.framing {
-            Framing::Empty => Poll::Ready(None),
-            Framing::Length(rem) => this.poll_length(cx, rem),
-            Framing::Chunked => this.poll_chunked(cx),
-            Framing::Close => this.poll_close(cx),
+        loop {
+            let Some(conn) = this.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match this.decoder.step(&mut conn.buf) {
+                Ok(Step::Frame(frame)) => {
+                    // hyper stops polling a body of known length once it has all of
+                    // it: release the connection with the last frame, not after.
+                    if this.decoder.is_end() {
+                        this.finish();
+                    }
+                    return Poll::Ready(Some(Ok(frame)));
+                }
+                Ok(Step::End) => {
+                    this.finish();
+                    return Poll::Ready(None);
+                }
+                Ok(Step::More) => {}
+                Err(e) => return this.fail(e.into()),
+            }
+            match ready!(conn.poll_fill(cx, READ_CHUNK)) {
+                Ok(0) => {
+                    return match this.decoder.eof() {
+                        Ok(()) => {
+                            this.conn = None;
+                            Poll::Ready(None)
+                        }
+                        Err(_) => this.fail(H1Error::Closed("in the middle of the response body")),
+                    };
+                }
+                Ok(_) => {}
+                Err(e) => return this.fail(e.into()),
+            }
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.framing == Framing::Empty
+        self.decoder.is_end()
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self.framing {
-            Framing::Empty => SizeHint::with_exact(0),
-            Framing::Length(n) => SizeHint::with_exact(n),
-            _ => SizeHint::default(),
-        }
+        self.decoder.size_hint()
     }
 }
 
