@@ -13,11 +13,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::framing::Ledger;
-
 const NONE: u64 = u64::MAX;
 
-/// Shared by the connection task, the framing guard and the request service.
+/// Shared by the connection task and the requests it serves.
 #[derive(Debug)]
 pub struct ConnState {
     base: Instant,
@@ -26,8 +24,6 @@ pub struct ConnState {
     idle_since: AtomicU64,
     /// Millis since `base` when the current request head began, or `NONE`.
     head_started: AtomicU64,
-    /// Framing verdicts (HTTP/1.x only).
-    pub ledger: Ledger,
 }
 
 /// What the connection task should do now.
@@ -50,7 +46,6 @@ impl ConnState {
             inflight: AtomicU32::new(0),
             idle_since: AtomicU64::new(0),
             head_started: AtomicU64::new(if awaiting_head { 0 } else { NONE }),
-            ledger: Ledger::default(),
         })
     }
 
@@ -58,7 +53,7 @@ impl ConnState {
         now.saturating_duration_since(self.base).as_millis() as u64
     }
 
-    /// Called by the framing guard after each read.
+    /// Called by the HTTP/1.1 server after each read of a request head.
     pub fn observe_head(&self, completed: bool, mid_head: bool) {
         // Reads mostly carry whole heads or body bytes: touch the clock only when
         // something changed.

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
-use hyper::server::conn::{http1, http2};
+use hyper::server::conn::http2;
 use hyper::service::{Service, service_fn};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulConnection;
@@ -27,10 +27,10 @@ use tokio_rustls::TlsAcceptor;
 use crate::body::ResponseBody;
 use crate::config::Limits;
 use crate::conn::{Check, ConnState, DrainNotice};
-use crate::framing::{Guarded, Scanner};
 use crate::proxy::{ConnInfo, Proxy};
 use crate::record;
 
+mod h1;
 pub mod h3;
 
 /// What every connection of a listener shares.
@@ -38,7 +38,6 @@ pub struct Listener {
     proxy: Arc<Proxy>,
     tls: Option<TlsAcceptor>,
     limits: Limits,
-    h1: http1::Builder,
     h2: http2::Builder<TokioExecutor>,
     permits: Arc<Semaphore>,
     drain: watch::Receiver<bool>,
@@ -60,14 +59,6 @@ impl Listener {
         drain: watch::Receiver<bool>,
         alt_svc: Option<HeaderValue>,
     ) -> Arc<Self> {
-        let mut h1 = http1::Builder::new();
-        h1.timer(TokioTimer::new())
-            // Head timing is ours (see `conn`): hyper's timer would also cut idle
-            // keep-alive connections at the header timeout.
-            .header_read_timeout(None)
-            .max_headers(limits.max_headers as usize)
-            .max_header_size(limits.max_header_bytes as usize)
-            .keep_alive(true);
         let mut h2 = http2::Builder::new(TokioExecutor::new());
         h2.timer(TokioTimer::new())
             .max_concurrent_streams(limits.h2_max_concurrent_streams)
@@ -82,7 +73,6 @@ impl Listener {
             proxy,
             tls,
             limits,
-            h1,
             h2,
             permits,
             drain,
@@ -160,12 +150,16 @@ impl Listener {
     {
         let _open = record::connection("http1");
         let state = ConnState::new(Instant::now(), true);
-        let scanner = Scanner::new(self.limits.max_header_bytes as usize, self.limits.max_headers as usize);
-        let io = TokioIo::new(Guarded::new(io, scanner, state.clone()));
-        let info = Arc::new(ConnInfo::new(peer, proto, state.clone(), true));
-        let svc = self.service(info);
-        let conn = self.h1.serve_connection(io, svc);
-        self.drive(conn, &state, peer).await;
+        let info = Arc::new(ConnInfo::new(peer, proto, state.clone()));
+        let served = h1::Served {
+            proxy: &self.proxy,
+            info,
+            state,
+            limits: &self.limits,
+            alt_svc: self.alt_svc.clone(),
+            drain: &self.conns,
+        };
+        h1::serve(io, served).await;
     }
 
     async fn serve_h2<S>(&self, io: S, peer: SocketAddr, proto: &'static str)
@@ -174,7 +168,7 @@ impl Listener {
     {
         let _open = record::connection("h2");
         let state = ConnState::new(Instant::now(), false);
-        let info = Arc::new(ConnInfo::new(peer, proto, state.clone(), false));
+        let info = Arc::new(ConnInfo::new(peer, proto, state.clone()));
         let svc = self.service(info);
         let conn = self.h2.serve_connection(TokioIo::new(io), svc);
         self.drive(conn, &state, peer).await;

@@ -68,20 +68,17 @@ pub struct ConnInfo {
     pub proto: &'static str,
     /// Shared connection bookkeeping.
     pub state: Arc<ConnState>,
-    /// Whether the framing guard watches this connection (HTTP/1.x).
-    pub guarded: bool,
     /// The forwarding elements for this client.
     pub trail: Trail,
 }
 
 impl ConnInfo {
     /// A connection from `peer` over `proto` (`http` or `https`).
-    pub fn new(peer: SocketAddr, proto: &'static str, state: Arc<ConnState>, guarded: bool) -> Self {
+    pub fn new(peer: SocketAddr, proto: &'static str, state: Arc<ConnState>) -> Self {
         ConnInfo {
             peer,
             proto,
             state,
-            guarded,
             trail: Trail::new(canonical_ip(peer.ip()), proto),
         }
     }
@@ -131,15 +128,6 @@ impl Proxy {
     {
         let started = Instant::now();
         let guard = conn.state.begin_request();
-        // A refused request must not be forwarded, so check framing before anything.
-        if conn.guarded && matches!(req.version(), Version::HTTP_10 | Version::HTTP_11) {
-            if let Err(e) = conn.state.ledger.next() {
-                tracing::debug!(peer = %conn.peer, reason = e.reason(), "refused ambiguous framing");
-                let resp = Refusal::Framing(e).into_response(Some(guard));
-                record::request(None, None, req.method(), resp.status());
-                return Ok(resp);
-            }
-        }
         // One snapshot per request, held as an Arc: the request may wait on a
         // provider for a while, longer than an arc-swap guard should be held.
         let snap = self.snapshot.load_full();

@@ -177,3 +177,67 @@ async fn connect_method_is_refused() {
     assert!(out.starts_with("HTTP/1.1 405"), "{out}");
     assert_eq!(p.requests(), 0);
 }
+
+#[tokio::test]
+async fn pipelined_and_http10_requests_follow_keep_alive_rules() {
+    let p = provider("p1").await;
+    let e = edge(&config_toml(p.addr, false, ""), Path::new(".")).await;
+    let addr = e.http_addr.unwrap();
+
+    // Two requests in one write: answered in order on the one connection, which
+    // closes after the second because it asked to.
+    let (out, closed) = raw(
+        addr,
+        b"GET /_sim/echo?n=1 HTTP/1.1\r\nHost: x\r\n\r\nGET /_sim/echo?n=2 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        LIMIT,
+    )
+    .await;
+    assert_eq!(out.matches("HTTP/1.1 200 OK").count(), 2, "{out}");
+    let (first, second) = (out.find("n=1").unwrap(), out.find("n=2").unwrap());
+    assert!(first < second, "{out}");
+    assert!(closed);
+
+    // HTTP/1.0 closes unless it asks for keep-alive; with it, the connection serves on.
+    let (out, closed) = raw(addr, b"GET /_sim/echo HTTP/1.0\r\nHost: x\r\n\r\n", LIMIT).await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(out.to_ascii_lowercase().contains("connection: close"), "{out}");
+    assert!(closed);
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    for n in 0..2 {
+        tcp.write_all(b"GET /_sim/echo HTTP/1.0\r\nHost: x\r\nConnection: keep-alive\r\n\r\n")
+            .await
+            .unwrap();
+        let out = read_until(&mut tcp, "\"trailers\"", LIMIT).await;
+        assert!(out.starts_with("HTTP/1.1 200"), "request {n}: {out}");
+        assert!(out.to_ascii_lowercase().contains("connection: keep-alive"), "{out}");
+    }
+
+    // Not HTTP at all: 400, then closed.
+    let (out, closed) = raw(addr, b"NOT HTTP\r\n\r\n", LIMIT).await;
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    assert!(closed);
+    assert_eq!(p.requests(), 5, "the 400 reached no provider");
+}
+
+#[tokio::test]
+async fn a_body_the_edge_did_not_read_is_never_taken_for_the_next_request() {
+    // The provider is down, so the edge answers before reading the upload. The
+    // upload's bytes form a request: it must not be served.
+    let gone = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let e = edge(&config_toml(gone, false, ""), Path::new(".")).await;
+    let inner = b"GET /_sim/echo HTTP/1.1\r\nHost: x\r\n\r\n";
+    let mut req = format!(
+        "PUT /obj HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+        inner.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(inner);
+    let (out, closed) = raw(e.http_addr.unwrap(), &req, LIMIT).await;
+    assert!(out.starts_with("HTTP/1.1 502"), "{out}");
+    assert_eq!(out.matches("HTTP/1.1").count(), 1, "exactly one answer: {out}");
+    assert!(out.to_ascii_lowercase().contains("connection: close"), "{out}");
+    assert!(closed);
+}

@@ -174,12 +174,7 @@ impl H3Listener {
             }
         };
         let _open = record::connection("h3");
-        let info = Arc::new(ConnInfo::new(
-            peer,
-            "https",
-            ConnState::new(Instant::now(), false),
-            false,
-        ));
+        let info = Arc::new(ConnInfo::new(peer, "https", ConnState::new(Instant::now(), false)));
         let mut requests = JoinSet::new();
         let mut drain = self.drain.clone();
         let mut draining = *drain.borrow();
