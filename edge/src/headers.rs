@@ -37,6 +37,12 @@ fn fixed_hop_by_hop() -> [&'static HeaderName; 8] {
 /// Returns whether the sender accepts trailers (`TE: trailers`), which the next hop
 /// must be told again since `TE` itself is hop-by-hop.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> bool {
+    // One pass over the fields finds whether there is anything to do: most
+    // messages carry no hop-by-hop field, and a scan is cheaper than eight lookups.
+    let fixed = fixed_hop_by_hop();
+    if !headers.keys().any(|k| fixed.contains(&k)) {
+        return false;
+    }
     let mut trailers = false;
     for te in headers.get_all(header::TE) {
         if let Ok(v) = te.to_str() {
@@ -55,7 +61,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> bool {
             headers.remove(name);
         }
     }
-    for name in fixed_hop_by_hop() {
+    for name in fixed {
         headers.remove(name);
     }
     trailers

@@ -241,3 +241,27 @@ async fn a_body_the_edge_did_not_read_is_never_taken_for_the_next_request() {
     assert!(out.to_ascii_lowercase().contains("connection: close"), "{out}");
     assert!(closed);
 }
+
+#[tokio::test]
+async fn requests_with_many_fields_are_served_up_to_the_limit() {
+    let p = provider("p1").await;
+    let e = edge(
+        &config_toml(p.addr, false, "[limits]\nmax_headers = 60\n"),
+        Path::new("."),
+    )
+    .await;
+    let addr = e.http_addr.unwrap();
+    for (fields, want) in [(50, "HTTP/1.1 200"), (61, "HTTP/1.1 431")] {
+        let mut req = String::from("GET /_sim/echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\n");
+        for i in 2..fields {
+            req.push_str(&format!("X-F{i}: v{i}\r\n"));
+        }
+        req.push_str("\r\n");
+        let (out, closed) = raw(addr, req.as_bytes(), LIMIT).await;
+        assert!(out.starts_with(want), "{fields} fields: {}", &out[..out.len().min(200)]);
+        assert!(closed);
+        if want.ends_with("200") {
+            assert!(out.contains("x-f49"), "every field forwarded");
+        }
+    }
+}

@@ -41,6 +41,8 @@ use crate::respond::Refusal;
 
 /// Header slots on the stack; more (by configuration) go to the heap.
 const STACK_HEADERS: usize = 128;
+/// Field positions kept on the stack; heads with more fields use the heap.
+const STACK_SPANS: usize = 32;
 /// Data frames up to this size are copied next to their framing and written in one
 /// go; larger ones are written straight from their buffer.
 const COALESCE: usize = 16 * 1024;
@@ -290,9 +292,10 @@ fn parse_head(buf: &mut BytesMut, max_head: usize, max_headers: usize) -> Result
     let target = req.path.unwrap_or("");
     let target_at = target.as_ptr() as usize - base as usize;
     let target_span = target_at..target_at + target.len();
+    // Most heads have a dozen fields: a small array, zeroed per request, covers them.
     let mut spans_heap = Vec::new();
-    let mut spans_stack = [Span::default(); STACK_HEADERS];
-    let spans: &mut [Span] = if req.headers.len() <= STACK_HEADERS {
+    let mut spans_stack = [Span::default(); STACK_SPANS];
+    let spans: &mut [Span] = if req.headers.len() <= STACK_SPANS {
         &mut spans_stack[..req.headers.len()]
     } else {
         spans_heap.resize(req.headers.len(), Span::default());

@@ -30,8 +30,10 @@ use crate::codec::{DecodeError, Decoder, Framing, Span, Step, has_token, header_
 
 /// Longest response head accepted from a provider.
 const MAX_HEAD: usize = 64 * 1024;
-/// Most header fields in a response head or a trailer section (hyper's default).
+/// Most header fields in a response head (hyper's default).
 const MAX_HEADERS: usize = 100;
+/// Fields parsed without touching the heap.
+const FEW_HEADERS: usize = 32;
 /// Bytes asked of the socket per read while a body streams.
 const READ_CHUNK: usize = 64 * 1024;
 /// Informational (1xx) responses skipped before the final one.
@@ -391,9 +393,20 @@ fn parse_response(buf: &mut BytesMut, head_request: bool) -> Result<Option<Parse
     if buf.is_empty() {
         return Ok(None);
     }
-    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut fields);
+    // Most responses have a dozen fields: parse with a small table first (it is
+    // initialised per response) and only a head with more pays for the full one.
+    let mut few = [httparse::EMPTY_HEADER; FEW_HEADERS];
+    let mut many = Vec::new();
+    let mut resp = httparse::Response::new(&mut few);
     let len = match resp.parse(buf) {
+        Err(httparse::Error::TooManyHeaders) => {
+            many.resize(MAX_HEADERS, httparse::EMPTY_HEADER);
+            resp = httparse::Response::new(&mut many);
+            resp.parse(buf)
+        }
+        other => other,
+    };
+    let len = match len {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => return Err(H1Error::Invalid("too many header fields")),
@@ -416,8 +429,15 @@ fn parse_response(buf: &mut BytesMut, head_request: bool) -> Result<Option<Parse
     } else {
         Version::HTTP_11
     };
-    let mut spans = [Span::default(); MAX_HEADERS];
     let count = resp.headers.len();
+    let mut spans_heap = Vec::new();
+    let mut spans_stack = [Span::default(); FEW_HEADERS];
+    let spans: &mut [Span] = if count <= FEW_HEADERS {
+        &mut spans_stack[..count]
+    } else {
+        spans_heap.resize(count, Span::default());
+        &mut spans_heap
+    };
     let mut length: Option<u64> = None;
     let mut chunked = false;
     let mut coded = false;
@@ -457,7 +477,7 @@ fn parse_response(buf: &mut BytesMut, head_request: bool) -> Result<Option<Parse
     }
     // Field values become slices of the head (no copies).
     let head = buf.split_to(len).freeze();
-    let mut headers = header_map(&head, &spans[..count], 4).map_err(|e| H1Error::Invalid(e.0))?;
+    let mut headers = header_map(&head, spans, 4).map_err(|e| H1Error::Invalid(e.0))?;
     let no_body = head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
     let framing = if no_body {
         Framing::Empty

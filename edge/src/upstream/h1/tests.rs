@@ -387,3 +387,24 @@ async fn an_idle_connection_the_provider_closed_is_not_reusable() {
         tokio::time::sleep(std::time::Duration::from_millis(1)).await;
     }
 }
+
+#[tokio::test]
+async fn heads_with_many_fields_parse_up_to_the_limit() {
+    for (fields, ok) in [(40, true), (MAX_HEADERS + 1, false)] {
+        let mut wire = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n".to_vec();
+        for i in 1..fields {
+            wire.extend_from_slice(format!("X-F{i}: v{i}\r\n").as_bytes());
+        }
+        wire.extend_from_slice(b"\r\nok");
+        let wire: &'static [u8] = Box::leak(wire.into_boxed_slice());
+        let (resp, _, _p) = respond(wire, get("/")).await;
+        match resp {
+            Ok(r) => {
+                assert!(ok, "{fields} fields accepted");
+                assert_eq!(r.headers().len(), fields);
+                assert_eq!(r.headers()["x-f39"], "v39");
+            }
+            Err(f) => assert!(!ok && matches!(f.error, H1Error::Invalid(_)), "{fields}: {}", f.error),
+        }
+    }
+}
