@@ -6,6 +6,8 @@
 //! is bounded and every malformed input is an error, never a guess; a decoder must
 //! never report the end of a body it has not seen end.
 
+use std::cell::RefCell;
+
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http_body::{Frame, SizeHint};
@@ -251,16 +253,82 @@ impl Span {
 /// Builds the header map of a head split off a connection's buffer, the values
 /// slices of it (no copies), with room for `extra` more fields.
 pub fn header_map(head: &Bytes, spans: &[Span], extra: usize) -> Result<HeaderMap, DecodeError> {
-    let mut headers = HeaderMap::with_capacity(spans.len() + extra);
+    let mut headers = recycled_map(spans.len() + extra);
     for span in spans {
         let (ns, nl) = (span.name.0 as usize, span.name.1 as usize);
         let (vs, vl) = (span.value.0 as usize, span.value.1 as usize);
-        let name = HeaderName::from_bytes(&head[ns..ns + nl]).map_err(|_| DecodeError("invalid field name"))?;
+        let name = field_name(&head[ns..ns + nl])?;
         let value =
             HeaderValue::from_maybe_shared(head.slice(vs..vs + vl)).map_err(|_| DecodeError("invalid field value"))?;
         headers.append(name, value);
     }
     Ok(headers)
+}
+
+/// Header maps kept per worker thread between messages, and the most of them.
+const RECYCLED_MAPS: usize = 64;
+/// Non-standard field names remembered per worker thread, and the most of them.
+const KNOWN_NAMES: usize = 64;
+
+thread_local! {
+    static MAPS: RefCell<Vec<HeaderMap>> = const { RefCell::new(Vec::new()) };
+    static NAMES: RefCell<Vec<HeaderName>> = const { RefCell::new(Vec::new()) };
+}
+
+/// An empty header map with room for `capacity` fields, reusing one a finished
+/// message gave back on this thread when there is one (a map is two allocations).
+fn recycled_map(capacity: usize) -> HeaderMap {
+    let reused = MAPS.with_borrow_mut(Vec::pop);
+    match reused {
+        Some(mut map) => {
+            map.reserve(capacity);
+            map
+        }
+        None => HeaderMap::with_capacity(capacity),
+    }
+}
+
+/// Gives a finished message's header map back for reuse on this thread.
+pub fn recycle(mut map: HeaderMap) {
+    // A map grown by a huge head keeps its size: let it go instead.
+    if map.capacity() > 128 {
+        return;
+    }
+    map.clear();
+    MAPS.with_borrow_mut(|maps| {
+        if maps.len() < RECYCLED_MAPS {
+            maps.push(map);
+        }
+    });
+}
+
+/// A field name. Standard names cost nothing; others are copied into a new buffer
+/// unless this thread has seen them before (providers repeat theirs on every
+/// response). The set is bounded and only ever filled, so hostile names cost
+/// memory once and never evict the useful ones.
+fn field_name(raw: &[u8]) -> Result<HeaderName, DecodeError> {
+    let parse = |raw: &[u8]| HeaderName::from_bytes(raw).map_err(|_| DecodeError("invalid field name"));
+    // Extension fields are the ones worth remembering (`x-request-id` and kin);
+    // standard names are recognised without allocating anyway.
+    if raw.len() < 3 || !raw[..2].eq_ignore_ascii_case(b"x-") {
+        return parse(raw);
+    }
+    let known = NAMES.with_borrow(|names| {
+        names
+            .iter()
+            .find(|n| n.as_str().len() == raw.len() && n.as_str().as_bytes().eq_ignore_ascii_case(raw))
+            .cloned()
+    });
+    if let Some(name) = known {
+        return Ok(name);
+    }
+    let name = parse(raw)?;
+    NAMES.with_borrow_mut(|names| {
+        if names.len() < KNOWN_NAMES {
+            names.push(name.clone());
+        }
+    });
+    Ok(name)
 }
 
 /// Whether a comma-separated field value lists `token` (case-insensitive).
@@ -328,6 +396,25 @@ mod tests {
         assert!(matches!(d.step(&mut buf), Ok(Step::Frame(_))));
         assert!(d.is_end());
         assert_eq!(&buf[..], b"GET /next");
+    }
+
+    #[test]
+    fn header_maps_keep_every_field_and_reuse_is_clean() {
+        let head = Bytes::from_static(b"X-Request-Id: 1\r\nContent-Type: a\r\nx-request-id: 2\r\n\r\n");
+        let mut fields = [httparse::EMPTY_HEADER; 8];
+        let (_, parsed) = match httparse::parse_headers(&head, &mut fields) {
+            Ok(httparse::Status::Complete(x)) => x,
+            other => panic!("{other:?}"),
+        };
+        let spans: Vec<Span> = parsed.iter().map(|f| Span::of(head.as_ptr(), f)).collect();
+        for _ in 0..3 {
+            let map = header_map(&head, &spans, 2).unwrap();
+            let ids: Vec<_> = map.get_all("x-request-id").iter().collect();
+            assert_eq!(ids, ["1", "2"]);
+            assert_eq!(map.len(), 3);
+            recycle(map);
+        }
+        assert!(NAMES.with_borrow(|n| n.iter().any(|n| n == "x-request-id")));
     }
 
     #[test]

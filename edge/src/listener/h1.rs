@@ -31,7 +31,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 
 use crate::body::ResponseBody;
-use crate::codec::{DecodeError, Decoder, Framing, Span, Step, has_token, header_map};
+use crate::codec::{DecodeError, Decoder, Framing, Span, Step, has_token, header_map, recycle};
 use crate::config::Limits;
 use crate::conn::{Check, ConnState, DrainNotice, DrainWatch};
 use crate::framing::{BodyLen, FramingError, judge};
@@ -429,7 +429,7 @@ where
         push_field(out, b"connection", b"keep-alive");
     }
     out.extend_from_slice(b"\r\n");
-    drop(parts);
+    recycle(parts.headers);
 
     let mut body = pin!(body);
     if framing == Out::None {

@@ -26,7 +26,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::UpstreamIo;
 use crate::body::{BoxError, ProxyBody};
-use crate::codec::{DecodeError, Decoder, Framing, Span, Step, has_token, header_map};
+use crate::codec::{DecodeError, Decoder, Framing, Span, Step, has_token, header_map, recycle};
 
 /// Longest response head accepted from a provider.
 const MAX_HEAD: usize = 64 * 1024;
@@ -154,7 +154,8 @@ pub(super) async fn exchange<P: Release>(
             unsent,
         });
     }
-    drop(parts);
+    // Written: the head's fields are done with.
+    recycle(parts.headers);
     let fail = |error| Failed { error, unsent: None };
 
     let mut upload = upload.zip(body.take()).map(|(framing, body)| Upload {
