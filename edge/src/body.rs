@@ -221,7 +221,7 @@ impl Drop for Meter {
         let metrics = self.target.metrics();
         metrics
             .duration
-            .record(now.saturating_duration_since(self.request_started).as_secs_f64());
+            .record(now.saturating_duration_since(self.request_started));
         metrics.sent.increment(self.bytes);
         if let Some(received) = &self.received {
             metrics.received.increment(received.load(Ordering::Relaxed));

@@ -355,7 +355,7 @@ where
                 let stats = target.stats();
                 let ttfb = now.saturating_duration_since(sent);
                 stats.observe_rtt(ttfb, now);
-                target.metrics().ttfb.record(ttfb.as_secs_f64());
+                target.metrics().ttfb.record(ttfb);
                 if snap.hedging.enabled {
                     learned.latency.record(ttfb);
                 }

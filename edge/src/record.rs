@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use http::{Method, StatusCode};
 use meridian_proto::{Jurisdiction, ProviderSpec, ProviderState};
+use meridian_telemetry::{SecondsHistogram, seconds_histogram};
 use metrics::{Counter, Gauge, Histogram, SharedString, counter, gauge, histogram};
 use tokio::time::Instant;
 
@@ -23,8 +24,10 @@ use crate::route::{RouteError, RoutedProvider};
 pub const REQUESTS: &str = "meridian_edge_requests_total";
 /// Whole request, from its head arriving to its response body's end.
 pub const REQUEST_DURATION: &str = "meridian_edge_request_duration_seconds";
+const REQUEST_DURATION_HELP: &str = "Whole requests, from the head's arrival to the end of the response body.";
 /// From sending to a provider to its response head.
 pub const UPSTREAM_TTFB: &str = "meridian_edge_upstream_ttfb_seconds";
+const UPSTREAM_TTFB_HELP: &str = "From sending a request to a provider to its response head.";
 /// Request body bytes forwarded to providers.
 pub const RECEIVED_BYTES: &str = "meridian_edge_received_bytes_total";
 /// Response body bytes sent to clients.
@@ -82,9 +85,9 @@ pub struct ProviderMetrics {
     provider: SharedString,
     jurisdiction: SharedString,
     /// Time to first byte of its responses.
-    pub ttfb: Histogram,
+    pub ttfb: Arc<SecondsHistogram>,
     /// Whole requests it served.
-    pub duration: Histogram,
+    pub duration: Arc<SecondsHistogram>,
     /// Request body bytes sent to it.
     pub received: Counter,
     /// Response body bytes from it sent to clients.
@@ -101,10 +104,15 @@ impl ProviderMetrics {
         let provider = SharedString::from(spec.id.as_str().to_owned());
         let jurisdiction = SharedString::from(spec.jurisdiction.as_str().to_owned());
         let labels = [("provider", provider.clone()), ("jurisdiction", jurisdiction.clone())];
+        let fast_labels = [
+            ("provider", spec.id.as_str()),
+            ("jurisdiction", spec.jurisdiction.as_str()),
+        ];
         ProviderMetrics {
             serial: NEXT_SERIAL.fetch_add(1, Ordering::Relaxed),
-            ttfb: histogram!(UPSTREAM_TTFB, &labels),
-            duration: histogram!(REQUEST_DURATION, &labels),
+            // Recorded per request: the lock-free histograms, not the exporter's.
+            ttfb: seconds_histogram(UPSTREAM_TTFB, UPSTREAM_TTFB_HELP, &fast_labels),
+            duration: seconds_histogram(REQUEST_DURATION, REQUEST_DURATION_HELP, &fast_labels),
             received: counter!(RECEIVED_BYTES, &labels),
             sent: counter!(SENT_BYTES, &labels),
             probe_rtt: histogram!(PROBE_RTT, &labels),
@@ -280,16 +288,6 @@ pub fn install() {
     c!(
         REQUESTS,
         "Requests answered, by provider (none: answered by the edge), provider jurisdiction, origin, method class and status class."
-    );
-    h!(
-        REQUEST_DURATION,
-        metrics::Unit::Seconds,
-        "Whole requests, from the head's arrival to the end of the response body."
-    );
-    h!(
-        UPSTREAM_TTFB,
-        metrics::Unit::Seconds,
-        "From sending a request to a provider to its response head."
     );
     c!(
         RECEIVED_BYTES,

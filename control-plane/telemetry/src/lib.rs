@@ -15,6 +15,10 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 
 pub use metrics_exporter_prometheus::PrometheusHandle;
 
+mod hist;
+
+pub use hist::{SecondsHistogram, seconds_histogram};
+
 /// Upper bounds of every `_seconds` histogram: 1 ms (a cache hit next door) to 60 s
 /// (a large object over a slow link).
 pub const SECONDS_BUCKETS: &[f64] = &[
@@ -57,7 +61,9 @@ pub fn recorder() -> &'static PrometheusHandle {
 
 /// The exposition text of every metric recorded so far.
 pub fn render() -> String {
-    recorder().render()
+    let mut text = recorder().render();
+    hist::render_into(&mut text);
+    text
 }
 
 /// The `status` label of an HTTP status code: `1xx` ... `5xx` (anything else counts
