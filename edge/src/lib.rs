@@ -1,9 +1,11 @@
 //! Meridian's edge proxy.
 //!
 //! A request's path reads top to bottom through these modules:
-//! [`listener`] (accept, TLS, HTTP/1.1 and HTTP/2) → [`framing`] (refuse ambiguous
-//! HTTP/1 framing) → [`proxy`] (the request path) → [`route`] (the only producer of a
-//! [`route::Target`]) → [`upstream`] (pooled connections to providers). [`headers`]
+//! [`listener`] (accept, TLS; HTTP/1.1 served by the edge's own codec, HTTP/2 and
+//! HTTP/3 by hyper and h3) → [`framing`] (refuse ambiguous HTTP/1 framing) →
+//! [`proxy`] (the request path) → [`route`] (the only producer of a
+//! [`route::Target`]) → [`upstream`] (pooled connections to providers). [`codec`]
+//! holds the HTTP/1.1 wire pieces the listener and the upstream share, [`headers`]
 //! cleans heads between hops, [`body`] streams bodies with idle timeouts,
 //! [`respond`] is the one place that turns failures into answers, and [`record`]
 //! keeps the metrics of each request.

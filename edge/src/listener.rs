@@ -1,5 +1,5 @@
-//! Client-facing listeners: accept, TLS, HTTP/1.1 or HTTP/2, connection limits,
-//! timeouts and graceful drain.
+//! Client-facing listeners: accept, TLS, HTTP/1.1 (the edge's own server, `h1`) or
+//! HTTP/2 (hyper), connection limits, timeouts and graceful drain.
 //!
 //! Everything below this module sees plain `http::Request`s; the protocol that
 //! carried them stops here. A listener must never serve more connections than the

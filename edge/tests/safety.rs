@@ -212,11 +212,22 @@ async fn pipelined_and_http10_requests_follow_keep_alive_rules() {
         assert!(out.to_ascii_lowercase().contains("connection: keep-alive"), "{out}");
     }
 
+    // An HTTP/1.0 client cannot read chunked coding: a response of unknown length
+    // goes out close-delimited, whole.
+    let (out, closed) = raw(addr, b"GET /_sim/trailers HTTP/1.0\r\nHost: x\r\n\r\n", LIMIT).await;
+    let (head, body) = out.split_once("\r\n\r\n").unwrap();
+    let head = head.to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(!head.contains("transfer-encoding"), "{head}");
+    assert!(head.contains("\r\ndate: "), "{head}");
+    assert!(closed);
+    assert_eq!(body, "hello, trailers");
+
     // Not HTTP at all: 400, then closed.
     let (out, closed) = raw(addr, b"NOT HTTP\r\n\r\n", LIMIT).await;
     assert!(out.starts_with("HTTP/1.1 400"), "{out}");
     assert!(closed);
-    assert_eq!(p.requests(), 5, "the 400 reached no provider");
+    assert_eq!(p.requests(), 6, "the 400 reached no provider");
 }
 
 #[tokio::test]
