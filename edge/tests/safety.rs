@@ -276,3 +276,17 @@ async fn requests_with_many_fields_are_served_up_to_the_limit() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_client_that_leaves_while_its_provider_works_cancels_the_exchange() {
+    let p = provider("p1").await;
+    let e = edge(&config_toml(p.addr, false, ""), Path::new(".")).await;
+    let mut tcp = TcpStream::connect(e.http_addr.unwrap()).await.unwrap();
+    tcp.write_all(b"GET /_sim/delay?ms=60000 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    poll_until(LIMIT, || async { (p.open_connections() == 1).then_some(()) }).await;
+    drop(tcp);
+    // The provider would answer in a minute; the edge lets go of it at once.
+    poll_until(LIMIT, || async { (p.open_connections() == 0).then_some(()) }).await;
+}

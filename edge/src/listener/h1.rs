@@ -15,7 +15,7 @@
 //! response early as if it were complete.
 
 use std::cell::RefCell;
-use std::future::poll_fn;
+use std::future::{Future, poll_fn};
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::{Pin, pin};
@@ -137,8 +137,11 @@ where
                 *req.uri_mut() = head.uri;
                 *req.version_mut() = head.version;
                 *req.headers_mut() = head.headers;
-                let Ok(resp) = cx.proxy.handle(req, &cx.info).await;
-                resp
+                let handled = cx.proxy.handle(req, &cx.info);
+                match unless_client_leaves(&wire, handled, cx.limits.max_header_bytes as usize).await {
+                    Some(Ok(resp)) => resp,
+                    None => return,
+                }
             }
             Err(e) => {
                 // Refused before anything is forwarded, and the connection closes:
@@ -160,6 +163,36 @@ where
             return;
         }
     }
+}
+
+/// Runs the proxy's `handled` while watching the client: once its request has been
+/// read whole, a closed connection (end of stream or an error) drops `handled`, so
+/// no provider keeps working for a client that is gone. Bytes that arrive meanwhile
+/// are a pipelined next request and stay buffered, up to one head's worth.
+async fn unless_client_leaves<S, F>(wire: &Shared<S>, handled: F, max_head: usize) -> Option<F::Output>
+where
+    S: AsyncRead + Unpin,
+    F: Future,
+{
+    let mut handled = pin!(handled);
+    poll_fn(|task| {
+        if let Poll::Ready(out) = handled.as_mut().poll(task) {
+            return Poll::Ready(Some(out));
+        }
+        let Ok(mut w) = wire.lock() else {
+            return Poll::Ready(None);
+        };
+        // Until then the body is the request's to read.
+        while w.body_done && w.buf.len() < max_head {
+            match w.poll_fill(task) {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(None),
+                Poll::Ready(Ok(_)) => {}
+                Poll::Pending => break,
+            }
+        }
+        Poll::Pending
+    })
+    .await
 }
 
 /// A request head, parsed and judged.
