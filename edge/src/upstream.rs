@@ -328,18 +328,22 @@ pub async fn send(
     now: tokio::time::Instant,
 ) -> Result<Response<UpstreamBody>, SendFailure> {
     let pool = target.pool();
+    let deadline = now + pool.response_timeout;
     // The calling worker's own pool: its connections live on this thread.
     let w = current_worker();
-    let exchange = async {
-        match &pool.workers {
-            Workers::H1(pools) => pools[w % pools.len()]
-                .send(req, now)
-                .await
-                .map(|r| r.map(UpstreamBody::H1)),
+    match &pool.workers {
+        // HTTP/1.1 keeps its deadline timer with the connection (see `h1`).
+        Workers::H1(pools) => pools[w % pools.len()]
+            .send(req, now, deadline)
+            .await
+            .map(|r| r.map(UpstreamBody::H1)),
+        Workers::H2(clients) => {
             // Boxed so HTTP/1.1 requests do not carry the HTTP/2 client's future.
-            Workers::H2(clients) => match Box::pin(clients[w % clients.len()].request(req)).await {
-                Ok(resp) => Ok(resp.map(UpstreamBody::H2)),
-                Err(e) if e.is_connect() => {
+            let exchange = Box::pin(clients[w % clients.len()].request(req));
+            match tokio::time::timeout_at(deadline, exchange).await {
+                Err(_) => Err(UpstreamError::ResponseTimeout.into()),
+                Ok(Ok(resp)) => Ok(resp.map(UpstreamBody::H2)),
+                Ok(Err(e)) if e.is_connect() => {
                     let timed_out = std::error::Error::source(&e)
                         .and_then(|s| s.downcast_ref::<io::Error>())
                         .is_some_and(|io| io.kind() == io::ErrorKind::TimedOut);
@@ -349,13 +353,9 @@ pub async fn send(
                         Err(UpstreamError::Connect(error_chain(&e)).into())
                     }
                 }
-                Err(e) => Err(UpstreamError::Exchange(error_chain(&e)).into()),
-            },
+                Ok(Err(e)) => Err(UpstreamError::Exchange(error_chain(&e)).into()),
+            }
         }
-    };
-    match tokio::time::timeout_at(now + pool.response_timeout, exchange).await {
-        Err(_) => Err(UpstreamError::ResponseTimeout.into()),
-        Ok(r) => r,
     }
 }
 

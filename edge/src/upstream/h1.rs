@@ -13,7 +13,7 @@
 //! reuse a connection whose last exchange did not end exactly at a message boundary,
 //! and never end a body early as if it were complete.
 
-use std::future::poll_fn;
+use std::future::{Future, poll_fn};
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -23,6 +23,7 @@ use http::header::{self, HeaderMap};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::{Instant, Sleep};
 
 use super::UpstreamIo;
 use crate::body::{BoxError, ProxyBody};
@@ -60,6 +61,9 @@ pub enum H1Error {
     /// The request body did not match its `Content-Length`.
     #[error("request body does not match its Content-Length")]
     RequestLength,
+    /// No response head by the deadline.
+    #[error("provider sent no response head in time")]
+    Timeout,
 }
 
 /// An open connection to a provider with what has been read ahead on it.
@@ -69,6 +73,10 @@ pub(super) struct Conn {
     buf: BytesMut,
     /// Head bytes to write, reused between requests.
     head: Vec<u8>,
+    /// The response-head deadline, kept with the connection: moving a registered
+    /// timer later is an atomic store, where a fresh timer per request takes the
+    /// timer wheel's lock twice.
+    timer: Option<Pin<Box<Sleep>>>,
 }
 
 impl Conn {
@@ -78,6 +86,7 @@ impl Conn {
             io,
             buf: BytesMut::with_capacity(8 * 1024),
             head: Vec::with_capacity(1024),
+            timer: None,
         }
     }
 
@@ -124,7 +133,15 @@ pub(super) async fn exchange<P: Release>(
     mut conn: Conn,
     req: Request<ProxyBody>,
     pool: P,
+    deadline: Instant,
 ) -> Result<Response<H1Body<P>>, Failed> {
+    let mut timer = match conn.timer.take() {
+        Some(mut t) => {
+            t.as_mut().reset(deadline);
+            t
+        }
+        None => Box::pin(tokio::time::sleep_until(deadline)),
+    };
     let head_request = req.method() == Method::HEAD;
     let upload = match encode_head(&req, &mut conn.head) {
         Framing::Empty => None,
@@ -136,23 +153,25 @@ pub(super) async fn exchange<P: Release>(
     // Write the head first: if none of it reaches the socket, the request is intact
     // and may go elsewhere.
     let head_result = poll_fn(|cx| {
-        while written < conn.head.len() {
-            match ready!(Pin::new(&mut conn.io).poll_write(cx, &conn.head[written..])) {
-                Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                Ok(n) => written += n,
-                Err(e) => return Poll::Ready(Err(e)),
+        let wrote = (|| {
+            while written < conn.head.len() {
+                match ready!(Pin::new(&mut conn.io).poll_write(cx, &conn.head[written..])) {
+                    Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                    Ok(n) => written += n,
+                    Err(e) => return Poll::Ready(Err(e)),
+                }
             }
-        }
-        // TLS may hold the last record back until flushed.
-        Pin::new(&mut conn.io).poll_flush(cx)
+            // TLS may hold the last record back until flushed.
+            Pin::new(&mut conn.io).poll_flush(cx)
+        })();
+        timed(wrote.map_err(H1Error::from), &mut timer, cx)
     })
     .await;
     if let Err(e) = head_result {
-        let unsent = (written == 0).then(|| Request::from_parts(parts, body.take().unwrap_or_else(empty)));
-        return Err(Failed {
-            error: e.into(),
-            unsent,
-        });
+        // A timeout ends the request's time, wherever it is: never tried elsewhere.
+        let intact = written == 0 && !matches!(e, H1Error::Timeout);
+        let unsent = intact.then(|| Request::from_parts(parts, body.take().unwrap_or_else(empty)));
+        return Err(Failed { error: e, unsent });
     }
     // Written: the head's fields are done with.
     recycle(parts.headers);
@@ -166,36 +185,12 @@ pub(super) async fn exchange<P: Release>(
     });
     let mut informational = 0;
     let head = poll_fn(|cx| {
-        if let Some(up) = upload.as_mut() {
-            if let Poll::Ready(Err(e)) = up.poll_send(&mut conn.io, cx) {
-                return Poll::Ready(Err(e));
-            }
-        }
-        loop {
-            match parse_response(&mut conn.buf, head_request) {
-                Ok(Some(Parsed::Informational)) => {
-                    informational += 1;
-                    if informational > MAX_INFORMATIONAL {
-                        return Poll::Ready(Err(H1Error::Invalid("too many informational responses")));
-                    }
-                    continue;
-                }
-                Ok(Some(Parsed::Final(head))) => return Poll::Ready(Ok(head)),
-                Ok(None) => {}
-                Err(e) => return Poll::Ready(Err(e)),
-            }
-            if conn.buf.len() >= MAX_HEAD {
-                return Poll::Ready(Err(H1Error::Invalid("response head too large")));
-            }
-            match ready!(conn.poll_fill(cx, 8 * 1024)) {
-                Ok(0) => return Poll::Ready(Err(H1Error::Closed("before the response head"))),
-                Ok(_) => {}
-                Err(e) => return Poll::Ready(Err(e.into())),
-            }
-        }
+        let got = read_head(&mut conn, upload.as_mut(), &mut informational, head_request, cx);
+        timed(got, &mut timer, cx)
     })
     .await
     .map_err(fail)?;
+    conn.timer = Some(timer);
     // A response that came before the whole request went out ends the exchange
     // early: the connection cannot carry another one.
     let request_done = upload.as_ref().is_none_or(|u| u.done);
@@ -214,6 +209,55 @@ pub(super) async fn exchange<P: Release>(
     *resp.version_mut() = head.version;
     *resp.headers_mut() = head.headers;
     Ok(resp)
+}
+
+/// Drives the upload (if any) and reads until a final response head is parsed.
+fn read_head(
+    conn: &mut Conn,
+    upload: Option<&mut Upload>,
+    informational: &mut usize,
+    head_request: bool,
+    cx: &mut Context<'_>,
+) -> Poll<Result<Head, H1Error>> {
+    if let Some(up) = upload {
+        if let Poll::Ready(Err(e)) = up.poll_send(&mut conn.io, cx) {
+            return Poll::Ready(Err(e));
+        }
+    }
+    loop {
+        match parse_response(&mut conn.buf, head_request) {
+            Ok(Some(Parsed::Informational)) => {
+                *informational += 1;
+                if *informational > MAX_INFORMATIONAL {
+                    return Poll::Ready(Err(H1Error::Invalid("too many informational responses")));
+                }
+                continue;
+            }
+            Ok(Some(Parsed::Final(head))) => return Poll::Ready(Ok(head)),
+            Ok(None) => {}
+            Err(e) => return Poll::Ready(Err(e)),
+        }
+        if conn.buf.len() >= MAX_HEAD {
+            return Poll::Ready(Err(H1Error::Invalid("response head too large")));
+        }
+        match ready!(conn.poll_fill(cx, 8 * 1024)) {
+            Ok(0) => return Poll::Ready(Err(H1Error::Closed("before the response head"))),
+            Ok(_) => {}
+            Err(e) => return Poll::Ready(Err(e.into())),
+        }
+    }
+}
+
+/// `poll`, unless it is still pending when `timer` has fired.
+fn timed<T>(
+    poll: Poll<Result<T, H1Error>>,
+    timer: &mut Pin<Box<Sleep>>,
+    cx: &mut Context<'_>,
+) -> Poll<Result<T, H1Error>> {
+    match poll {
+        Poll::Pending if timer.as_mut().poll(cx).is_ready() => Poll::Ready(Err(H1Error::Timeout)),
+        other => other,
+    }
 }
 
 fn empty() -> ProxyBody {

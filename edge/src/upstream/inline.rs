@@ -89,22 +89,25 @@ impl InlinePool {
         })
     }
 
-    /// Sends `req` and returns the response once its head arrived; the body reads
-    /// the connection from then on.
+    /// Sends `req` and returns the response once its head arrived, by `deadline`;
+    /// the body reads the connection from then on. `now` is the caller's recent
+    /// clock reading.
     pub(crate) async fn send(
         self: &Arc<Self>,
         req: Request<ProxyBody>,
         now: Instant,
+        deadline: Instant,
     ) -> Result<Response<InlineBody>, SendFailure> {
         let unsent = |error, req| SendFailure {
             error,
             unsent: Some(req),
         };
-        let (conn, reused) = match self.acquire(now).await {
+        let (conn, reused) = match self.acquire_by(now, deadline).await {
             Ok(x) => x,
+            Err(UpstreamError::ResponseTimeout) => return Err(UpstreamError::ResponseTimeout.into()),
             Err(e) => return Err(unsent(e, req)),
         };
-        let req = match h1::exchange(conn, req, self.clone()).await {
+        let req = match h1::exchange(conn, req, self.clone(), deadline).await {
             Ok(resp) => return Ok(resp.map(InlineBody)),
             Err(h1::Failed {
                 error,
@@ -117,14 +120,27 @@ impl InlinePool {
         };
         // The pooled connection had been closed by the provider: nothing was sent,
         // so one retry is safe for any method.
-        let (conn, _) = match self.acquire(now).await {
+        let (conn, _) = match self.acquire_by(now, deadline).await {
             Ok(x) => x,
+            Err(UpstreamError::ResponseTimeout) => return Err(UpstreamError::ResponseTimeout.into()),
             Err(e) => return Err(unsent(e, req)),
         };
-        h1::exchange(conn, req, self.clone())
+        h1::exchange(conn, req, self.clone(), deadline)
             .await
             .map(|resp| resp.map(InlineBody))
             .map_err(failure)
+    }
+
+    /// [`Self::acquire`] within `deadline`; an idle connection is taken without
+    /// touching the timer.
+    async fn acquire_by(&self, now: Instant, deadline: Instant) -> Result<(Conn, bool), UpstreamError> {
+        if let Some(conn) = self.checkout(now) {
+            return Ok((conn, true));
+        }
+        match tokio::time::timeout_at(deadline, self.acquire(now)).await {
+            Ok(r) => r,
+            Err(_) => Err(UpstreamError::ResponseTimeout),
+        }
     }
 
     /// An idle connection, or a new one once a slot is free, whichever comes first
@@ -187,8 +203,12 @@ impl InlinePool {
 }
 
 fn failure(failed: h1::Failed) -> SendFailure {
+    let error = match failed.error {
+        h1::H1Error::Timeout => UpstreamError::ResponseTimeout,
+        e => UpstreamError::Exchange(e.to_string()),
+    };
     SendFailure {
-        error: UpstreamError::Exchange(failed.error.to_string()),
+        error,
         unsent: failed.unsent,
     }
 }

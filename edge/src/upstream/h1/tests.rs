@@ -29,6 +29,11 @@ impl Sink {
     }
 }
 
+/// A deadline no test reaches.
+fn far() -> Instant {
+    Instant::now() + std::time::Duration::from_secs(60)
+}
+
 /// A connected pair: the edge's side as a `Conn`, the provider's as a raw socket.
 async fn pair() -> (Conn, TcpStream) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -73,7 +78,7 @@ async fn respond(
 ) -> (Result<Response<H1Body<Sink>>, Failed>, Sink, TcpStream) {
     let (conn, mut provider) = pair().await;
     let sink = Sink::default();
-    let (resp, _) = tokio::join!(exchange(conn, req, sink.clone()), async {
+    let (resp, _) = tokio::join!(exchange(conn, req, sink.clone(), far()), async {
         read_head(&mut provider).await;
         provider.write_all(wire).await.unwrap();
     });
@@ -84,7 +89,7 @@ async fn respond(
 async fn a_sized_response_is_read_and_its_connection_reused() {
     let (conn, mut provider) = pair().await;
     let sink = Sink::default();
-    let (resp, head) = tokio::join!(exchange(conn, get("/a?b=1"), sink.clone()), async {
+    let (resp, head) = tokio::join!(exchange(conn, get("/a?b=1"), sink.clone(), far()), async {
         let head = read_head(&mut provider).await;
         provider
             .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Thing: one\r\nx-thing: two\r\n\r\nhello")
@@ -102,7 +107,7 @@ async fn a_sized_response_is_read_and_its_connection_reused() {
 
     // Handed back at the message boundary, and good for another exchange.
     let conn = sink.take().expect("connection released");
-    let (resp, _) = tokio::join!(exchange(conn, get("/again"), sink.clone()), async {
+    let (resp, _) = tokio::join!(exchange(conn, get("/again"), sink.clone(), far()), async {
         assert!(read_head(&mut provider).await.starts_with("GET /again "));
         provider.write_all(b"HTTP/1.1 204 No Content\r\n\r\n").await.unwrap();
     });
@@ -144,7 +149,7 @@ async fn bad_lengths_are_refused() {
         b"HTTP/1.1 200 OK\r\nContent-Length: 3, 3\r\n\r\nabc",
     ] {
         let (conn, mut provider) = pair().await;
-        let (resp, _) = tokio::join!(exchange(conn, get("/"), Sink::default()), async {
+        let (resp, _) = tokio::join!(exchange(conn, get("/"), Sink::default(), far()), async {
             read_head(&mut provider).await;
             provider.write_all(wire).await.unwrap();
         });
@@ -158,7 +163,7 @@ async fn bad_lengths_are_refused() {
 async fn a_body_without_framing_runs_to_close_and_is_not_reused() {
     let (conn, mut provider) = pair().await;
     let sink = Sink::default();
-    let (resp, _) = tokio::join!(exchange(conn, get("/"), sink.clone()), async {
+    let (resp, _) = tokio::join!(exchange(conn, get("/"), sink.clone(), far()), async {
         read_head(&mut provider).await;
         provider.write_all(b"HTTP/1.1 200 OK\r\n\r\nuntil ").await.unwrap();
     });
@@ -187,7 +192,7 @@ async fn informational_responses_are_skipped_and_head_has_no_body() {
 async fn a_body_cut_short_is_an_error_not_an_end() {
     let (conn, mut provider) = pair().await;
     let sink = Sink::default();
-    let (resp, _) = tokio::join!(exchange(conn, get("/"), sink.clone()), async {
+    let (resp, _) = tokio::join!(exchange(conn, get("/"), sink.clone(), far()), async {
         read_head(&mut provider).await;
         provider
             .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhalf")
@@ -214,7 +219,7 @@ async fn a_body_cut_short_is_an_error_not_an_end() {
 #[tokio::test]
 async fn hostile_heads_and_chunks_are_refused() {
     let (conn, mut provider) = pair().await;
-    let (resp, _) = tokio::join!(exchange(conn, get("/"), Sink::default()), async {
+    let (resp, _) = tokio::join!(exchange(conn, get("/"), Sink::default(), far()), async {
         read_head(&mut provider).await;
         let mut head = b"HTTP/1.1 200 OK\r\n".to_vec();
         while head.len() <= MAX_HEAD {
@@ -281,15 +286,18 @@ async fn uploads_are_framed_by_length_or_chunked_with_trailers() {
         Ok(Frame::data(Bytes::from_static(b"defg"))),
     ];
     let (conn, mut provider) = pair().await;
-    let (resp, sent) = tokio::join!(exchange(conn, upload(frames, Some("7")), Sink::default()), async {
-        let head = read_head(&mut provider).await;
-        let body = read_n(&mut provider, 7).await;
-        provider
-            .write_all(b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n")
-            .await
-            .unwrap();
-        (head, body)
-    });
+    let (resp, sent) = tokio::join!(
+        exchange(conn, upload(frames, Some("7")), Sink::default(), far()),
+        async {
+            let head = read_head(&mut provider).await;
+            let body = read_n(&mut provider, 7).await;
+            provider
+                .write_all(b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n")
+                .await
+                .unwrap();
+            (head, body)
+        }
+    );
     assert_eq!(resp.unwrap().status(), 201);
     assert_eq!(sent.0, "PUT /up HTTP/1.1\r\ncontent-length: 7\r\n\r\n");
     assert_eq!(sent.1, "abcdefg");
@@ -302,7 +310,7 @@ async fn uploads_are_framed_by_length_or_chunked_with_trailers() {
     ];
     let wire_body = "11\r\n0123456789abcdef0\r\n0\r\nx-crc: 9\r\n\r\n";
     let (conn, mut provider) = pair().await;
-    let (resp, sent) = tokio::join!(exchange(conn, upload(frames, None), Sink::default()), async {
+    let (resp, sent) = tokio::join!(exchange(conn, upload(frames, None), Sink::default(), far()), async {
         let head = read_head(&mut provider).await;
         let body = read_n(&mut provider, wire_body.len()).await;
         provider
@@ -330,7 +338,7 @@ async fn an_upload_that_breaks_its_length_or_fails_is_cut_off() {
         ),
     ] {
         let (conn, mut provider) = pair().await;
-        let (resp, _) = tokio::join!(exchange(conn, upload(frames, length), Sink::default()), async {
+        let (resp, _) = tokio::join!(exchange(conn, upload(frames, length), Sink::default(), far()), async {
             read_head(&mut provider).await;
         });
         let err = resp.unwrap_err();
@@ -358,7 +366,7 @@ async fn an_early_response_ends_the_upload_and_the_connection() {
     let (conn, mut provider) = pair().await;
     let sink = Sink::default();
     tx.send(Ok(Frame::data(Bytes::from_static(b"first")))).await.unwrap();
-    let (resp, _) = tokio::join!(exchange(conn, req, sink.clone()), async {
+    let (resp, _) = tokio::join!(exchange(conn, req, sink.clone(), far()), async {
         read_head(&mut provider).await;
         provider
             .write_all(b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 0\r\n\r\n")
@@ -407,4 +415,32 @@ async fn heads_with_many_fields_parse_up_to_the_limit() {
             Err(f) => assert!(!ok && matches!(f.error, H1Error::Invalid(_)), "{fields}: {}", f.error),
         }
     }
+}
+
+#[tokio::test]
+async fn no_head_by_the_deadline_is_a_timeout_and_the_timer_is_kept_for_reuse() {
+    let (conn, mut provider) = pair().await;
+    let deadline = Instant::now() + std::time::Duration::from_millis(50);
+    let (resp, _) = tokio::join!(exchange(conn, get("/slow"), Sink::default(), deadline), async {
+        read_head(&mut provider).await;
+    });
+    let err = resp.unwrap_err();
+    assert!(matches!(err.error, H1Error::Timeout), "{}", err.error);
+    assert!(err.unsent.is_none(), "a timed-out request is never tried elsewhere");
+
+    // A connection that served one exchange moves its timer to the next deadline.
+    let (conn, mut provider) = pair().await;
+    let sink = Sink::default();
+    let (resp, _) = tokio::join!(exchange(conn, get("/1"), sink.clone(), far()), async {
+        read_head(&mut provider).await;
+        provider.write_all(b"HTTP/1.1 204 No Content\r\n\r\n").await.unwrap();
+    });
+    assert_eq!(resp.unwrap().status(), 204);
+    let conn = sink.take().unwrap();
+    assert!(conn.timer.is_some());
+    let deadline = Instant::now() + std::time::Duration::from_millis(50);
+    let (resp, _) = tokio::join!(exchange(conn, get("/2"), sink.clone(), deadline), async {
+        read_head(&mut provider).await;
+    });
+    assert!(matches!(resp.unwrap_err().error, H1Error::Timeout));
 }
