@@ -285,22 +285,10 @@ async fn uploads_are_framed_by_length_or_chunked_with_trailers() {
         Ok(Frame::data(Bytes::from_static(b"abc"))),
         Ok(Frame::data(Bytes::from_static(b"defg"))),
     ];
-    let (conn, mut provider) = pair().await;
-    let (resp, sent) = tokio::join!(
-        exchange(conn, upload(frames, Some("7")), Sink::default(), far()),
-        async {
-            let head = read_head(&mut provider).await;
-            let body = read_n(&mut provider, 7).await;
-            provider
-                .write_all(b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n")
-                .await
-                .unwrap();
-            (head, body)
-        }
-    );
-    assert_eq!(resp.unwrap().status(), 201);
-    assert_eq!(sent.0, "PUT /up HTTP/1.1\r\ncontent-length: 7\r\n\r\n");
-    assert_eq!(sent.1, "abcdefg");
+    let (status, head, body) = send_upload(upload(frames, Some("7")), 7).await;
+    assert_eq!(status, 201);
+    assert_eq!(head, "PUT /up HTTP/1.1\r\ncontent-length: 7\r\n\r\n");
+    assert_eq!(body, "abcdefg");
 
     let mut trailers = HeaderMap::new();
     trailers.insert("x-crc", HeaderValue::from_static("9"));
@@ -309,19 +297,26 @@ async fn uploads_are_framed_by_length_or_chunked_with_trailers() {
         Ok(Frame::trailers(trailers)),
     ];
     let wire_body = "11\r\n0123456789abcdef0\r\n0\r\nx-crc: 9\r\n\r\n";
+    let (status, head, body) = send_upload(upload(frames, None), wire_body.len()).await;
+    assert_eq!(status, 201);
+    assert_eq!(head, "PUT /up HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n");
+    assert_eq!(body, wire_body);
+}
+
+/// Sends `req`; the provider reads its head and `body_len` body bytes, then answers
+/// 201. Returns the status and what the provider read.
+async fn send_upload(req: Request<ProxyBody>, body_len: usize) -> (StatusCode, String, String) {
     let (conn, mut provider) = pair().await;
-    let (resp, sent) = tokio::join!(exchange(conn, upload(frames, None), Sink::default(), far()), async {
+    let (resp, (head, body)) = tokio::join!(exchange(conn, req, Sink::default(), far()), async {
         let head = read_head(&mut provider).await;
-        let body = read_n(&mut provider, wire_body.len()).await;
+        let body = read_n(&mut provider, body_len).await;
         provider
             .write_all(b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n")
             .await
             .unwrap();
         (head, body)
     });
-    assert_eq!(resp.unwrap().status(), 201);
-    assert_eq!(sent.0, "PUT /up HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n");
-    assert_eq!(sent.1, wire_body);
+    (resp.unwrap().status(), head, body)
 }
 
 #[tokio::test]
