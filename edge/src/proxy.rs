@@ -3,9 +3,9 @@
 //! hedging only inside the allowed set), stream the answer back.
 //!
 //! Protocol-agnostic: it takes any `http::Request` whose body streams `Bytes`, so
-//! HTTP/1.1, HTTP/2 and (later) HTTP/3 share it. Per request it loads one config
+//! HTTP/1.1, HTTP/2 and HTTP/3 share it. Per request it loads one config
 //! snapshot and takes no lock. It must never buffer a body, forward a request the
-//! framing guard refused, or send to a provider routing did not choose.
+//! HTTP/1.1 server refused for its framing, or send to a provider routing did not choose.
 
 use std::borrow::Cow;
 use std::convert::Infallible;

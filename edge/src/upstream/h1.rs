@@ -289,7 +289,7 @@ fn encode_head(req: &Request<ProxyBody>, out: &mut Vec<u8>) -> Framing {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
     let framing = match declared {
-        // The framing guard (HTTP/1.x) and the HTTP/2 and HTTP/3 codecs hold the body
+        // The HTTP/1.1 server's framing rules and the HTTP/2 and HTTP/3 codecs hold the body
         // to its declared length.
         Some(0) => Framing::Empty,
         Some(n) => Framing::Length(n),
