@@ -290,3 +290,42 @@ async fn a_client_that_leaves_while_its_provider_works_cancels_the_exchange() {
     // The provider would answer in a minute; the edge lets go of it at once.
     poll_until(LIMIT, || async { (p.open_connections() == 0).then_some(()) }).await;
 }
+
+#[tokio::test]
+async fn request_targets_must_have_a_form_http_allows() {
+    let p = provider("p1").await;
+    let e = edge(&config_toml(p.addr, false, ""), Path::new(".")).await;
+    let addr = e.http_addr.unwrap();
+    for bad in [
+        &b"GET other.example:80 HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+        b"GET relative/path HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET * HTTP/1.1\r\nHost: x\r\n\r\n",
+    ] {
+        let (out, closed) = raw(addr, bad, LIMIT).await;
+        assert!(
+            out.starts_with("HTTP/1.1 400"),
+            "{:?} -> {out}",
+            String::from_utf8_lossy(bad)
+        );
+        assert!(closed);
+    }
+    // Absolute form is every server's to accept; its authority names the host.
+    let (out, _) = raw(
+        addr,
+        b"GET http://x/_sim/echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        LIMIT,
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert_eq!(p.requests(), 1, "only the well-formed target reached the provider");
+
+    // `Expect: 100-continue` from an HTTP/1.0 client gets no interim answer.
+    let (out, _) = raw(
+        addr,
+        b"PUT /obj HTTP/1.0\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\nok",
+        LIMIT,
+    )
+    .await;
+    assert!(!out.contains("100 Continue"), "{out}");
+    assert!(out.starts_with("HTTP/1.1 2"), "{out}");
+}

@@ -345,13 +345,26 @@ fn parse_head(buf: &mut BytesMut, max_head: usize, max_headers: usize) -> Result
                 keep_alive = true;
             }
         } else if field.name.eq_ignore_ascii_case("expect") {
-            expect_continue = field.value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
+            // An HTTP/1.0 client does not know `100 Continue` (RFC 9110 section 10.1.1).
+            expect_continue =
+                version == Version::HTTP_11 && field.value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
         } else if field.name.eq_ignore_ascii_case("te") {
             te_trailers = has_token(field.value, b"trailers");
         }
     }
     let head = buf.split_to(len).freeze();
     let uri = Uri::from_maybe_shared(head.slice(target_span)).map_err(|_| HeadError::Malformed)?;
+    // Origin form (`/path`), absolute form (`http://host/path`), `*` for OPTIONS, or
+    // authority form for CONNECT only (RFC 9112 section 3.2): a bare `host:port` on any
+    // other method would let the target override `Host` without saying so.
+    let form_ok = match (uri.scheme(), uri.authority()) {
+        (Some(_), Some(_)) => true,
+        (None, Some(_)) => method == Method::CONNECT,
+        _ => uri.path().starts_with('/') || (uri.path() == "*" && method == Method::OPTIONS),
+    };
+    if !form_ok {
+        return Err(HeadError::Malformed);
+    }
     // Room for what the proxy adds: forwarding trail, `Via`, `TE`.
     let headers = header_map(&head, spans, 6).map_err(|_| HeadError::Malformed)?;
     Ok(Some(Head {
