@@ -1,8 +1,9 @@
 //! Bodies on the data path: streamed frame by frame with an idle timeout, never
 //! collected.
 //!
-//! A body that stalls longer than its idle timeout ends in an error, so hyper aborts
-//! the transfer (connection closed or stream reset) and the receiver can tell it is
+//! A body that stalls longer than its idle timeout ends in an error, so the server
+//! carrying it aborts the transfer (connection closed or stream reset) and the
+//! receiver can tell it is
 //! incomplete; a body must never end early as if it were complete. This module must
 //! never buffer more than the frame in hand.
 
@@ -209,8 +210,9 @@ impl Meter {
 }
 
 impl Drop for Meter {
-    // When the body is done or abandoned: hyper stops polling a body of known length
-    // once it has all of it, so the end is never announced by a final poll.
+    // When the body is done or abandoned: a server may stop polling a body of known
+    // length once it has all of it (hyper's HTTP/2 does), so the end is not always
+    // announced by a final poll.
     fn drop(&mut self) {
         let now = Instant::now();
         if self.bytes >= MIN_THROUGHPUT_SAMPLE {
