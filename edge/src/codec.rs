@@ -1,16 +1,22 @@
 //! HTTP/1.1 wire pieces shared by the edge's server ([`crate::listener`]) and its
 //! client to providers ([`crate::upstream`]): message-body decoding (RFC 9112
-//! sections 6 and 7) and header blocks built without copying field values.
+//! sections 6 and 7), header blocks built without copying field values, field and
+//! last-chunk encoding, and the two socket loops both sides need (fill a read
+//! buffer, write a buffer whole).
 //!
-//! Pure: no I/O, no clock. Everything here reads untrusted bytes, so every length
-//! is bounded and every malformed input is an error, never a guess; a decoder must
-//! never report the end of a body it has not seen end.
+//! No sockets of its own and no clock. Everything here reads untrusted bytes, so
+//! every length is bounded and every malformed input is an error, never a guess; a
+//! decoder must never report the end of a body it has not seen end.
 
 use std::cell::RefCell;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http_body::{Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite};
 
 /// Longest chunk-size line (size, extensions, CRLF).
 const MAX_CHUNK_LINE: usize = 4096;
@@ -240,9 +246,10 @@ pub struct Span {
 }
 
 impl Span {
-    /// The span of `field`, whose bytes lie in a head starting at `base`.
-    pub fn of(base: *const u8, field: &httparse::Header<'_>) -> Self {
-        let at = |s: &[u8]| ((s.as_ptr() as usize - base as usize) as u32, s.len() as u32);
+    /// The span of `field`, parsed out of `head`.
+    pub fn of(head: &[u8], field: &httparse::Header<'_>) -> Self {
+        let base = head.as_ptr() as usize;
+        let at = |s: &[u8]| ((s.as_ptr() as usize - base) as u32, s.len() as u32);
         Span {
             name: at(field.name.as_bytes()),
             value: at(field.value),
@@ -331,6 +338,54 @@ fn field_name(raw: &[u8]) -> Result<HeaderName, DecodeError> {
     Ok(name)
 }
 
+/// Appends `name: value` and its line end.
+pub fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends the last chunk of a chunked body with its trailer section.
+pub fn push_last_chunk(out: &mut Vec<u8>, trailers: &HeaderMap) {
+    out.extend_from_slice(b"0\r\n");
+    for (name, value) in trailers {
+        push_field(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Reads what `io` has into `buf`, making room for about `want` bytes first.
+pub fn poll_fill<R: AsyncRead + Unpin>(
+    io: &mut R,
+    buf: &mut BytesMut,
+    want: usize,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<usize>> {
+    if buf.capacity() - buf.len() < want / 4 {
+        buf.reserve(want);
+    }
+    tokio_util::io::poll_read_buf(Pin::new(io), cx, buf)
+}
+
+/// Writes `data` from offset `*written` to its end, then flushes (TLS holds its
+/// last record until then). `*written` counts progress across polls.
+pub fn poll_write_all<W: AsyncWrite + Unpin>(
+    io: &mut W,
+    data: &[u8],
+    written: &mut usize,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<()>> {
+    while *written < data.len() {
+        match ready!(Pin::new(&mut *io).poll_write(cx, &data[*written..])) {
+            Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+            Ok(n) => *written += n,
+            Err(e) => return Poll::Ready(Err(e)),
+        }
+    }
+    Pin::new(io).poll_flush(cx)
+}
+
 /// Whether a comma-separated field value lists `token` (case-insensitive).
 pub fn has_token(value: &[u8], token: &[u8]) -> bool {
     value
@@ -406,7 +461,7 @@ mod tests {
             Ok(httparse::Status::Complete(x)) => x,
             other => panic!("{other:?}"),
         };
-        let spans: Vec<Span> = parsed.iter().map(|f| Span::of(head.as_ptr(), f)).collect();
+        let spans: Vec<Span> = parsed.iter().map(|f| Span::of(&head, f)).collect();
         for _ in 0..3 {
             let map = header_map(&head, &spans, 2).unwrap();
             let ids: Vec<_> = map.get_all("x-request-id").iter().collect();

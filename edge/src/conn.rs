@@ -53,22 +53,14 @@ impl ConnState {
         now.saturating_duration_since(self.base).as_millis() as u64
     }
 
-    /// Called by the HTTP/1.1 server after each read of a request head.
-    pub fn observe_head(&self, completed: bool, mid_head: bool) {
-        // Reads mostly carry whole heads or body bytes: touch the clock only when
-        // something changed.
-        let starting = mid_head && self.head_started.load(Ordering::Relaxed) == NONE;
-        if completed || starting {
-            let now = self.millis(Instant::now());
-            if completed {
-                self.idle_since.store(now, Ordering::Relaxed);
-            }
-            if starting {
-                self.head_started.store(now, Ordering::Relaxed);
-            }
-        }
+    /// Called by the HTTP/1.1 server after each read while it waits for a head:
+    /// `mid_head` says whether part of one is buffered (the header clock runs).
+    pub fn observe_head(&self, mid_head: bool) {
         if !mid_head {
             self.head_started.store(NONE, Ordering::Relaxed);
+        } else if self.head_started.load(Ordering::Relaxed) == NONE {
+            // The clock is read once per split head, never for a head in one read.
+            self.head_started.store(self.millis(Instant::now()), Ordering::Relaxed);
         }
     }
 
@@ -244,14 +236,14 @@ mod tests {
         let t0 = Instant::now();
         let s = ConnState::new(t0, false);
         tokio::time::advance(Duration::from_secs(5)).await;
-        s.observe_head(false, true);
+        s.observe_head(true);
         let t1 = Instant::now();
         assert_eq!(s.check(t1, HEAD, IDLE), Check::Until(t1 + HEAD));
         tokio::time::advance(Duration::from_secs(3)).await;
         // More bytes of the same head do not restart the clock.
-        s.observe_head(false, true);
+        s.observe_head(true);
         assert_eq!(s.check(t1 + HEAD, HEAD, IDLE), Check::SlowHead);
-        s.observe_head(true, false);
+        s.observe_head(false);
         assert!(matches!(s.check(t1 + HEAD, HEAD, IDLE), Check::Until(_)));
     }
 

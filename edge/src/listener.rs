@@ -149,12 +149,11 @@ impl Listener {
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let _open = record::connection("http1");
+        // The first head is timed from accept.
         let state = ConnState::new(Instant::now(), true);
-        let info = Arc::new(ConnInfo::new(peer, proto, state.clone()));
         let served = h1::Served {
             proxy: &self.proxy,
-            info,
-            state,
+            info: Arc::new(ConnInfo::new(peer, proto, state)),
             limits: &self.limits,
             alt_svc: self.alt_svc.clone(),
             drain: &self.conns,

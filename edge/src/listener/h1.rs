@@ -31,9 +31,12 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 
 use crate::body::ResponseBody;
-use crate::codec::{DecodeError, Decoder, Framing, Span, Step, has_token, header_map, recycle};
+use crate::codec::{
+    DecodeError, Decoder, Framing, Span, Step, has_token, header_map, poll_fill, poll_write_all, push_field,
+    push_last_chunk, recycle,
+};
 use crate::config::Limits;
-use crate::conn::{Check, ConnState, DrainNotice, DrainWatch};
+use crate::conn::{Check, DrainNotice, DrainWatch};
 use crate::framing::{BodyLen, FramingError, judge};
 use crate::proxy::{ConnInfo, Proxy};
 use crate::record;
@@ -62,10 +65,7 @@ struct Wire<S> {
 
 impl<S: AsyncRead + Unpin> Wire<S> {
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
-            self.buf.reserve(READ_CHUNK);
-        }
-        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
+        poll_fill(&mut self.io, &mut self.buf, READ_CHUNK, cx)
     }
 }
 
@@ -79,7 +79,6 @@ fn lock<S>(wire: &Shared<S>) -> io::Result<MutexGuard<'_, Wire<S>>> {
 pub(super) struct Served<'a> {
     pub(super) proxy: &'a Proxy,
     pub(super) info: Arc<ConnInfo>,
-    pub(super) state: Arc<ConnState>,
     pub(super) limits: &'a Limits,
     pub(super) alt_svc: Option<HeaderValue>,
     pub(super) drain: &'a Arc<DrainNotice>,
@@ -147,7 +146,7 @@ where
                 // Refused before anything is forwarded, and the connection closes:
                 // what follows on it can no longer be framed.
                 tracing::debug!(peer = %cx.info.peer, reason = e.reason(), "refused ambiguous framing");
-                let guard = cx.state.begin_request();
+                let guard = cx.info.state.begin_request();
                 let resp = Refusal::Framing(e).into_response(Some(guard));
                 record::request(None, None, &head.method, resp.status());
                 resp
@@ -155,11 +154,9 @@ where
         };
         let body_done = wire.lock().map(|w| w.body_done).unwrap_or(false);
         let keep = write_response(&wire, resp, &facts, &cx, body_done, &mut out).await;
+        // A body the proxy left unread (an early answer) cannot be skipped safely:
+        // the response said `connection: close` and `keep` is false.
         if !keep {
-            return;
-        }
-        // A body the proxy left unread (an early answer) cannot be skipped safely.
-        if !wire.lock().map(|w| w.body_done).unwrap_or(false) {
             return;
         }
     }
@@ -238,10 +235,10 @@ where
             if !w.buf.is_empty() {
                 match parse_head(&mut w.buf, max_head, max_headers) {
                     Ok(Some(head)) => {
-                        cx.state.observe_head(false, false);
+                        cx.info.state.observe_head(false);
                         return Poll::Ready(Ok(head));
                     }
-                    Ok(None) => cx.state.observe_head(false, true),
+                    Ok(None) => cx.info.state.observe_head(true),
                     Err(e) => return Poll::Ready(Err(Some(e))),
                 }
             } else if watch.poll_given(task).is_ready() {
@@ -257,6 +254,7 @@ where
         drop(w);
         while sleep.as_mut().poll(task).is_ready() {
             match cx
+                .info
                 .state
                 .check(Instant::now(), limits.header_read_timeout.0, limits.idle_timeout.0)
             {
@@ -321,9 +319,9 @@ fn parse_head(buf: &mut BytesMut, max_head: usize, max_headers: usize) -> Result
         _ => Version::HTTP_11,
     };
     let method = Method::from_bytes(req.method.unwrap_or("").as_bytes()).map_err(|_| HeadError::Malformed)?;
-    let base = buf.as_ptr();
+    let base = buf.as_ptr() as usize;
     let target = req.path.unwrap_or("");
-    let target_at = target.as_ptr() as usize - base as usize;
+    let target_at = target.as_ptr() as usize - base;
     let target_span = target_at..target_at + target.len();
     // Most heads have a dozen fields: a small array, zeroed per request, covers them.
     let mut spans_heap = Vec::new();
@@ -337,7 +335,7 @@ fn parse_head(buf: &mut BytesMut, max_head: usize, max_headers: usize) -> Result
     let mut keep_alive = version == Version::HTTP_11;
     let (mut expect_continue, mut te_trailers) = (false, false);
     for (span, field) in spans.iter_mut().zip(req.headers.iter()) {
-        *span = Span::of(base, field);
+        *span = Span::of(buf, field);
         if field.name.eq_ignore_ascii_case("connection") {
             if has_token(field.value, b"close") {
                 keep_alive = false;
@@ -532,11 +530,7 @@ where
                 }
                 Err(frame) => {
                     if let (Out::Chunked, true, Ok(trailers)) = (framing, facts.te_trailers, frame.into_trailers()) {
-                        out.extend_from_slice(b"0\r\n");
-                        for (name, value) in &trailers {
-                            push_field(out, name.as_str().as_bytes(), value.as_bytes());
-                        }
-                        out.extend_from_slice(b"\r\n");
+                        push_last_chunk(out, &trailers);
                         let done = write_all(wire, out).await.is_ok();
                         return done && !closing;
                     }
@@ -554,13 +548,6 @@ where
         _ => {}
     }
     write_all(wire, out).await.is_ok() && !closing
-}
-
-fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
 }
 
 fn decimal(mut n: u64, digits: &mut [u8; 20]) -> &[u8] {
@@ -592,21 +579,10 @@ fn push_date(out: &mut Vec<u8>) {
     });
 }
 
-/// Writes all of `data`, then flushes (TLS holds its last record until then).
+/// Writes all of `data`, then flushes.
 async fn write_all<S: AsyncWrite + Unpin>(wire: &Shared<S>, data: &[u8]) -> io::Result<()> {
     let mut written = 0;
-    poll_fn(|task| {
-        let mut w = lock(wire)?;
-        while written < data.len() {
-            match ready!(Pin::new(&mut w.io).poll_write(task, &data[written..])) {
-                Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                Ok(n) => written += n,
-                Err(e) => return Poll::Ready(Err(e)),
-            }
-        }
-        Pin::new(&mut w.io).poll_flush(task)
-    })
-    .await
+    poll_fn(|task| poll_write_all(&mut lock(wire)?.io, data, &mut written, task)).await
 }
 
 /// `100 Continue` owed to a client that asked before sending its body.
@@ -663,18 +639,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Body for RequestBody<S> {
         };
         // The client waits for this before sending; the proxy asks for the body
         // only once it is sending to a provider.
-        if let Expect::Pending(mut done) = this.expect {
-            while done < CONTINUE.len() {
-                match ready!(Pin::new(&mut w.io).poll_write(task, &CONTINUE[done..])) {
-                    Ok(0) => return Poll::Ready(Some(Err(io::Error::from(io::ErrorKind::WriteZero).into()))),
-                    Ok(n) => {
-                        done += n;
-                        this.expect = Expect::Pending(done);
-                    }
-                    Err(e) => return Poll::Ready(Some(Err(e.into()))),
-                }
-            }
-            if let Err(e) = ready!(Pin::new(&mut w.io).poll_flush(task)) {
+        if let Expect::Pending(done) = &mut this.expect {
+            if let Err(e) = ready!(poll_write_all(&mut w.io, CONTINUE, done, task)) {
                 return Poll::Ready(Some(Err(e.into())));
             }
             this.expect = Expect::None;

@@ -27,7 +27,10 @@ use tokio::time::{Instant, Sleep};
 
 use super::UpstreamIo;
 use crate::body::{BoxError, ProxyBody};
-use crate::codec::{DecodeError, Decoder, Framing, Span, Step, has_token, header_map, recycle};
+use crate::codec::{
+    DecodeError, Decoder, Framing, Span, Step, has_token, header_map, poll_fill, poll_write_all, push_field,
+    push_last_chunk, recycle,
+};
 
 /// Longest response head accepted from a provider.
 const MAX_HEAD: usize = 64 * 1024;
@@ -103,10 +106,7 @@ impl Conn {
     }
 
     fn poll_fill(&mut self, cx: &mut Context<'_>, want: usize) -> Poll<io::Result<usize>> {
-        if self.buf.capacity() - self.buf.len() < want / 4 {
-            self.buf.reserve(want);
-        }
-        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
+        poll_fill(&mut self.io, &mut self.buf, want, cx)
     }
 }
 
@@ -153,17 +153,7 @@ pub(super) async fn exchange<P: Release>(
     // Write the head first: if none of it reaches the socket, the request is intact
     // and may go elsewhere.
     let head_result = poll_fn(|cx| {
-        let wrote = (|| {
-            while written < conn.head.len() {
-                match ready!(Pin::new(&mut conn.io).poll_write(cx, &conn.head[written..])) {
-                    Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                    Ok(n) => written += n,
-                    Err(e) => return Poll::Ready(Err(e)),
-                }
-            }
-            // TLS may hold the last record back until flushed.
-            Pin::new(&mut conn.io).poll_flush(cx)
-        })();
+        let wrote = poll_write_all(&mut conn.io, &conn.head, &mut written, cx);
         timed(wrote.map_err(H1Error::from), &mut timer, cx)
     })
     .await;
@@ -277,10 +267,7 @@ fn encode_head(req: &Request<ProxyBody>, out: &mut Vec<u8>) -> Framing {
     out.extend_from_slice(req.uri().path_and_query().map_or("/", |pq| pq.as_str()).as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     for (name, value) in req.headers() {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        push_field(out, name.as_str().as_bytes(), value.as_bytes());
     }
     let body = req.body();
     let declared = req
@@ -331,8 +318,12 @@ impl Upload {
         loop {
             while !self.out.is_empty() {
                 let n = {
-                    let slices: Vec<IoSlice<'_>> = self.out.iter().take(4).map(|b| IoSlice::new(b)).collect();
-                    match ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices)) {
+                    let mut slices = [IoSlice::new(&[]); 4];
+                    for (slice, b) in slices.iter_mut().zip(&self.out) {
+                        *slice = IoSlice::new(b);
+                    }
+                    let used = self.out.len().min(slices.len());
+                    match ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices[..used])) {
                         Ok(0) => return Poll::Ready(Err(io::Error::from(io::ErrorKind::WriteZero).into())),
                         Ok(n) => n,
                         Err(e) => return Poll::Ready(Err(e.into())),
@@ -353,14 +344,8 @@ impl Upload {
                     Ok(data) => self.queue_data(data)?,
                     Err(frame) => {
                         if let (Framing::Chunked, Ok(trailers)) = (self.framing, frame.into_trailers()) {
-                            let mut last = b"0\r\n".to_vec();
-                            for (name, value) in &trailers {
-                                last.extend_from_slice(name.as_str().as_bytes());
-                                last.extend_from_slice(b": ");
-                                last.extend_from_slice(value.as_bytes());
-                                last.extend_from_slice(b"\r\n");
-                            }
-                            last.extend_from_slice(b"\r\n");
+                            let mut last = Vec::new();
+                            push_last_chunk(&mut last, &trailers);
                             self.out.push(Bytes::from(last));
                             self.done = true;
                         }
@@ -488,9 +473,8 @@ fn parse_response(buf: &mut BytesMut, head_request: bool) -> Result<Option<Parse
     let mut coded = false;
     let mut close = version == Version::HTTP_10;
     let mut doubtful = false;
-    let base = buf.as_ptr();
     for (span, field) in spans.iter_mut().zip(resp.headers.iter()) {
-        *span = Span::of(base, field);
+        *span = Span::of(buf, field);
         let raw = field.value;
         if field.name.eq_ignore_ascii_case("content-length") {
             let n = std::str::from_utf8(raw)
