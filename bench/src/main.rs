@@ -109,6 +109,11 @@ enum Cmd {
         /// Also write the report to this file.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Also write every request to this file as CSV: user group, start and
+        /// completion (ms from the scenario's start), status, provider, size, and the
+        /// oracle's completion for it.
+        #[arg(long)]
+        records: Option<PathBuf>,
         /// `namespaces` (delay on the wire; root), `loopback` (delay relays), or
         /// `auto`: namespaces when they can be made here.
         #[arg(long, default_value = "auto", value_parser = ["auto", "namespaces", "loopback"])]
@@ -194,12 +199,14 @@ fn main() -> ExitCode {
                 scenario,
                 warmup,
                 out,
+                records,
                 network,
             } => {
                 use meridian_bench::world::run::NetworkMode;
                 let opts = meridian_bench::world::WorldOptions {
                     scenario,
                     warmup: Duration::from_secs(warmup),
+                    records,
                     network: match network.as_str() {
                         "namespaces" => NetworkMode::Namespaces,
                         "loopback" => NetworkMode::Loopback,

@@ -241,7 +241,14 @@ pub fn render(
                         .find(|(k, _)| *k == i)
                         .map_or_else(String::new, |(_, n)| n.clone()),
                 ),
-                EventKind::Policy { .. } => ("policy changed".into(), policy_reaction(s, j, at)),
+                EventKind::Policy { .. } => {
+                    let rollout = notes.iter().find(|(k, _)| *k == i).map(|(_, n)| n.as_str());
+                    let reaction = policy_reaction(s, j, at);
+                    (
+                        "policy changed".into(),
+                        rollout.map_or_else(|| reaction.clone(), |n| format!("{n}; {reaction}")),
+                    )
+                }
             };
             let _ = writeln!(out, "| {:.0} s | {what} | {reaction} |", at.as_secs_f64());
         }

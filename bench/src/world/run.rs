@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
+
 use meridian_proto::{CompiledPolicy, Fleet, Policy, Verdict};
 use meridian_sim::{Impairments, TestCa};
 
@@ -25,6 +27,8 @@ const EDGE_ADMIN: u16 = 9901;
 const CP_ADMIN: u16 = 7070;
 const CP_PUSH: u16 = 7443;
 const TOKEN: &str = "world-token";
+/// Longest the simulator waits for every edge to run a changed policy.
+const ROLLOUT_WAIT: Duration = Duration::from_secs(30);
 /// Probe object size (bandwidth probes read it).
 const PROBE_OBJECT: u64 = 256 << 10;
 
@@ -47,6 +51,8 @@ pub struct WorldOptions {
     pub scenario: PathBuf,
     /// Seconds of probing before the users start.
     pub warmup: Duration,
+    /// Where to write every request as CSV, if anywhere.
+    pub records: Option<PathBuf>,
     /// Namespaces or loopback.
     pub network: NetworkMode,
 }
@@ -342,11 +348,12 @@ pub fn run(opts: &WorldOptions) -> anyhow::Result<String> {
                 .stdout(std::process::Stdio::null()),
         )?);
     }
+    let admins: Vec<SocketAddr> = edge_hosts
+        .iter()
+        .map(|h| SocketAddr::from((h.addr, EDGE_ADMIN)))
+        .collect();
     {
-        let admins: Vec<SocketAddr> = edge_hosts
-            .iter()
-            .map(|h| SocketAddr::from((h.addr, EDGE_ADMIN)))
-            .collect();
+        let admins = admins.clone();
         in_ns(&lab, move || async move {
             for a in admins {
                 crate::procs::wait_http(a, "/readyz", 200, Duration::from_secs(60)).await?;
@@ -409,6 +416,7 @@ pub fn run(opts: &WorldOptions) -> anyhow::Result<String> {
     let mut events: Vec<_> = scenario.events.iter().enumerate().collect();
     events.sort_by_key(|e| e.1.at.0);
     let mut notes: Vec<(usize, String)> = Vec::new();
+    let mut rollouts: Vec<Rollout> = Vec::new();
     for (i, e) in events {
         let due = t0 + e.at.0;
         if let Some(wait) = due.checked_duration_since(Instant::now()) {
@@ -476,10 +484,21 @@ pub fn run(opts: &WorldOptions) -> anyhow::Result<String> {
             },
             EventKind::Policy { policy } => {
                 let (target, body) = (target.clone(), serde_json::to_value(policy)?);
-                in_ns(&lab, move || async move {
-                    meridian_cp::client::call(&target, http::Method::PUT, "/v1/policy", Some(body)).await?;
-                    Ok(())
+                let admins = admins.clone();
+                let sent = t0.elapsed();
+                let applied = in_ns(&lab, move || async move {
+                    let v = meridian_cp::client::call(&target, http::Method::PUT, "/v1/policy", Some(body)).await?;
+                    let version = v["version"]
+                        .as_u64()
+                        .ok_or_else(|| anyhow::anyhow!("PUT /v1/policy answered without a version: {v}"))?;
+                    running_since(&admins, version, t0).await
                 })?;
+                notes.push((i, rollout_note(&scenario, sent, &applied)));
+                rollouts.push(Rollout {
+                    sent,
+                    applied,
+                    policy: policy.clone(),
+                });
             }
         }
     }
@@ -510,7 +529,10 @@ pub fn run(opts: &WorldOptions) -> anyhow::Result<String> {
 
     drop(relays);
     drop(relay_rt);
-    let judged = judge(&scenario, &fleet, &one_way, &records);
+    let judged = judge(&scenario, &fleet, &one_way, &rollouts, &records);
+    if let Some(path) = &opts.records {
+        std::fs::write(path, records_csv(&scenario, &judged)).with_context(|| format!("writing {}", path.display()))?;
+    }
     let network = if net.is_loopback() {
         "loopback addresses with delay relays (namespaces were unavailable or not chosen): the relays delay \
          data but not TCP handshakes, so a probe's connect sees no delay; provider bandwidth caps are the \
@@ -580,6 +602,118 @@ async fn get_json(addr: SocketAddr, path: &str) -> anyhow::Result<serde_json::Va
     let resp = send.send_request(req).await?;
     let body = resp.into_body().collect().await?.to_bytes();
     Ok(serde_json::from_slice(&body)?)
+}
+
+/// Every judged request, in start order, as CSV.
+fn records_csv(s: &Scenario, j: &Judged) -> String {
+    use std::fmt::Write as _;
+    let mut rows: Vec<(&Record, Option<f64>)> = j.ok.iter().map(|(r, o)| (r, Some(*o))).collect();
+    rows.extend(j.failed.iter().map(|r| (r, None)));
+    rows.sort_by_key(|(r, _)| r.start);
+    let mut out = String::from("group,start_ms,took_ms,status,provider,size,oracle_ms\n");
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    for (r, oracle) in rows {
+        let _ = writeln!(
+            out,
+            "{},{:.1},{:.1},{},{},{},{}",
+            s.users[r.group].name.replace(',', " "),
+            ms(r.start),
+            ms(r.took),
+            r.status,
+            r.provider.as_deref().unwrap_or(""),
+            r.size,
+            oracle.map_or_else(String::new, |o| format!("{:.1}", o * 1e3)),
+        );
+    }
+    out
+}
+
+/// A policy change as the fleet lived it: when the simulator sent it to the control
+/// plane, and when each edge was first seen running it (`None`: never, within the
+/// wait). Between the two, an edge may route by either policy; before and after,
+/// only by the one it runs.
+struct Rollout {
+    sent: Duration,
+    applied: Vec<Option<Duration>>,
+    policy: Policy,
+}
+
+/// Polls every edge's `/statusz` until it runs fleet `version` or later; returns when
+/// each was first seen doing so, from `t0`. The poll's own delay only widens the
+/// window in which either policy is accepted, by a few milliseconds.
+async fn running_since(admins: &[SocketAddr], version: u64, t0: Instant) -> anyhow::Result<Vec<Option<Duration>>> {
+    let deadline = tokio::time::Instant::now() + ROLLOUT_WAIT;
+    let mut applied = vec![None; admins.len()];
+    while applied.iter().any(Option::is_none) && tokio::time::Instant::now() < deadline {
+        for (seen, admin) in applied.iter_mut().zip(admins) {
+            if seen.is_none() {
+                let running = get_json(*admin, "/statusz")
+                    .await
+                    .ok()
+                    .and_then(|v| v["fleet_version"].as_u64());
+                if running.is_some_and(|r| r >= version) {
+                    *seen = Some(t0.elapsed());
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    Ok(applied)
+}
+
+/// `every edge ran it within 41 ms (slowest: virginia)`, or which never did.
+fn rollout_note(s: &Scenario, sent: Duration, applied: &[Option<Duration>]) -> String {
+    let never: Vec<&str> = s
+        .edges
+        .iter()
+        .zip(applied)
+        .filter(|(_, a)| a.is_none())
+        .map(|(e, _)| e.name.as_str())
+        .collect();
+    if !never.is_empty() {
+        return format!("never ran by {} within {ROLLOUT_WAIT:?}", never.join(", "));
+    }
+    let slowest = s
+        .edges
+        .iter()
+        .zip(applied)
+        .filter_map(|(e, a)| a.map(|a| (e, a)))
+        .max_by_key(|(_, a)| *a);
+    match slowest {
+        Some((e, a)) => format!(
+            "every edge ran it within {:.0} ms (slowest: {})",
+            a.saturating_sub(sent).as_secs_f64() * 1e3,
+            e.name
+        ),
+        None => String::new(),
+    }
+}
+
+/// The policies edge `ei` may have routed by at some moment in `[from, to]`: the
+/// scenario's first one until the edge ran the next, each change from when it was
+/// sent until the edge ran the one after it.
+fn policies_during<'a>(
+    s: &'a Scenario,
+    rollouts: &'a [Rollout],
+    ei: usize,
+    from: Duration,
+    to: Duration,
+) -> Vec<&'a Policy> {
+    let mut out = Vec::new();
+    let mut since = Duration::ZERO;
+    let mut policy = &s.fleet.policy;
+    for r in rollouts {
+        let until = r.applied.get(ei).copied().flatten().unwrap_or(Duration::MAX);
+        if since <= to && until > from {
+            out.push(policy);
+        }
+        since = r.sent;
+        policy = &r.policy;
+    }
+    if since <= to {
+        out.push(policy);
+    }
+    out
 }
 
 /// What held at one moment, for the judge.
@@ -656,13 +790,18 @@ fn rate_bps(rate: &str) -> Option<f64> {
 }
 
 /// Judges every request: residency, and the oracle's completion time for it.
-fn judge(s: &Scenario, fleet: &Fleet, one_way: &HashMap<(usize, usize), Duration>, records: &[Record]) -> Judged {
+fn judge(
+    s: &Scenario,
+    fleet: &Fleet,
+    one_way: &HashMap<(usize, usize), Duration>,
+    rollouts: &[Rollout],
+    records: &[Record],
+) -> Judged {
     let mut judged = Judged::default();
     for r in records {
         let user = &s.users[r.group];
         let ei = s.edges.iter().position(|e| e.name == user.edge).unwrap_or(0);
         let start = state_at(s, r.start);
-        let end = state_at(s, r.start + r.took);
         let served = r
             .provider
             .as_ref()
@@ -675,11 +814,16 @@ fn judge(s: &Scenario, fleet: &Fleet, one_way: &HashMap<(usize, usize), Duration
             judged.failed.push(r.clone());
             continue;
         };
-        let ok_start = allowed(fleet, &start.policy, user.origin);
-        let ok_end = allowed(fleet, &end.policy, user.origin);
-        if !ok_start.contains(&pi) && !ok_end.contains(&pi) {
+        // A violation is a provider no policy the edge ran while the request was in
+        // flight allows; a change reaches edges over the network, and the report
+        // says how long it took.
+        let compliant = policies_during(s, rollouts, ei, r.start, r.start + r.took)
+            .into_iter()
+            .any(|p| allowed(fleet, p, user.origin).contains(&pi));
+        if !compliant {
             judged.violations.push(r.clone());
         }
+        let ok_start = allowed(fleet, &start.policy, user.origin);
         // The oracle changes only the choice: the same request, the same user-edge
         // path, the provider that the true delays make best.
         let cost = |p: usize| -> f64 {
@@ -702,4 +846,96 @@ fn judge(s: &Scenario, fleet: &Fleet, one_way: &HashMap<(usize, usize), Duration
         judged.ok.push((r.clone(), oracle));
     }
     judged
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SCENARIO: &str = r#"
+name = "judge"
+duration = "10s"
+control_plane = { at = [50.11, 8.68] }
+[[edges]]
+name = "fra"
+at = [50.11, 8.68]
+[[edges]]
+name = "iad"
+at = [39.04, -77.49]
+[[providers]]
+id = "de-1"
+jurisdiction = "DE"
+at = [50.1, 8.7]
+[[providers]]
+id = "fr-1"
+jurisdiction = "FR"
+at = [48.86, 2.35]
+[[users]]
+name = "eu"
+origin = "DE"
+edge = "fra"
+at = [52.5, 13.4]
+rate = 1
+objects = ["4KiB"]
+[fleet.policy]
+rules = [{ name = "eu", origin = "DE", allow = ["DE", "FR"] }]
+"#;
+
+    fn secs(s: f64) -> Duration {
+        Duration::from_secs_f64(s)
+    }
+
+    fn record(start: f64, took: f64, provider: &str) -> Record {
+        Record {
+            group: 0,
+            start: secs(start),
+            took: secs(took),
+            status: 200,
+            provider: Some(provider.into()),
+            size: 4096,
+        }
+    }
+
+    /// EU data restricted to Germany at 5 s; `fra` runs it from 5.05 s, `iad` never.
+    fn world() -> (Scenario, Fleet, Vec<Rollout>) {
+        let s: Scenario = toml::from_str(SCENARIO).unwrap();
+        let fleet = s.fleet_with(|_| "127.0.0.1:1".into());
+        let mut policy = s.fleet.policy.clone();
+        policy.rules[0].allow = vec!["DE".parse().unwrap()];
+        let rollouts = vec![Rollout {
+            sent: secs(5.0),
+            applied: vec![Some(secs(5.05)), None],
+            policy,
+        }];
+        (s, fleet, rollouts)
+    }
+
+    #[test]
+    fn a_violation_is_a_provider_no_policy_the_edge_ran_allows() {
+        let (s, fleet, rollouts) = world();
+        let one_way = HashMap::new();
+        let records = [
+            // Before the change: France allowed.
+            record(1.0, 0.02, "fr-1"),
+            // Sent but not yet running at the edge: either policy.
+            record(5.01, 0.02, "fr-1"),
+            // The edge runs the new policy: France is a violation.
+            record(5.06, 0.02, "fr-1"),
+            record(6.0, 0.02, "de-1"),
+        ];
+        let judged = judge(&s, &fleet, &one_way, &rollouts, &records);
+        let starts: Vec<Duration> = judged.violations.iter().map(|r| r.start).collect();
+        assert_eq!(starts, vec![secs(5.06)]);
+        assert_eq!(judged.ok.len(), 4);
+    }
+
+    #[test]
+    fn an_edge_never_seen_running_a_change_may_still_route_by_the_old_policy() {
+        let (s, _, rollouts) = world();
+        assert_eq!(policies_during(&s, &rollouts, 1, secs(9.0), secs(9.1)).len(), 2);
+        assert_eq!(policies_during(&s, &rollouts, 0, secs(9.0), secs(9.1)).len(), 1);
+        assert_eq!(policies_during(&s, &rollouts, 0, secs(1.0), secs(1.1)).len(), 1);
+        // A request in flight across the change may have been routed by either.
+        assert_eq!(policies_during(&s, &rollouts, 0, secs(4.9), secs(5.2)).len(), 2);
+    }
 }
