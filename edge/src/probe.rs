@@ -60,8 +60,7 @@ pub async fn run(proxy: Arc<Proxy>, cfg: ProbeConfig, mut drain: watch::Receiver
 async fn probe_rtt(p: Arc<RoutedProvider>, cfg: &ProbeConfig) {
     match p.pool.probe(&cfg.path, cfg.timeout.0).await {
         Ok(rtt) => {
-            p.stats.observe_rtt(rtt, Instant::now());
-            p.stats.observe_success();
+            p.stats.observe_answer(rtt, false, Instant::now());
             p.metrics.probe_rtt.record(rtt.as_secs_f64());
             p.metrics.probe("rtt", true);
             tracing::trace!(provider = %p.spec.id, rtt_ms = rtt.as_secs_f64() * 1e3, "probe");

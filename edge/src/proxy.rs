@@ -352,9 +352,10 @@ where
         match result {
             Ok(resp) => {
                 let now = Instant::now();
-                let stats = target.stats();
                 let ttfb = now.saturating_duration_since(sent);
-                stats.observe_rtt(ttfb, now);
+                target
+                    .stats()
+                    .observe_answer(ttfb, resp.status().is_server_error(), now);
                 target.metrics().ttfb.record(ttfb);
                 if snap.hedging.enabled {
                     learned.latency.record(ttfb);
@@ -364,11 +365,6 @@ where
                     if let Some(n) = length.and_then(|v| v.parse::<u64>().ok()) {
                         learned.sizes.learn_at(key, n);
                     }
-                }
-                if resp.status().is_server_error() {
-                    stats.observe_failure(now);
-                } else {
-                    stats.observe_success();
                 }
                 let (mut parts, body) = resp.into_parts();
                 let upstream_version = parts.version;

@@ -105,19 +105,36 @@ impl ProviderStats {
         }
     }
 
+    /// A response head after `rtt`: a round-trip sample, and a success unless the
+    /// provider failed (5xx). One critical section for both.
+    pub fn observe_answer(&self, rtt: Duration, failed: bool, now: Instant) {
+        if let Ok(mut h) = self.health.lock() {
+            h.rtt.observe(rtt.as_secs_f64(), now);
+            if failed {
+                Self::fail(&mut h, now);
+            } else {
+                h.failures = 0;
+            }
+        }
+    }
+
     /// The provider failed a request (connect failure, timeout, 5xx). Enough in a row
     /// eject it, for longer each time.
     pub fn observe_failure(&self, now: Instant) {
         if let Ok(mut h) = self.health.lock() {
-            h.failures += 1;
-            if h.failures >= EJECT_AFTER {
-                let factor = 1u32 << h.ejections.min(16);
-                let length = EJECT_BASE.saturating_mul(factor).min(EJECT_MAX);
-                h.ejected_until = Some(now + length);
-                h.returned_at = Some(now + length);
-                h.ejections += 1;
-                h.failures = 0;
-            }
+            Self::fail(&mut h, now);
+        }
+    }
+
+    fn fail(h: &mut Health, now: Instant) {
+        h.failures += 1;
+        if h.failures >= EJECT_AFTER {
+            let factor = 1u32 << h.ejections.min(16);
+            let length = EJECT_BASE.saturating_mul(factor).min(EJECT_MAX);
+            h.ejected_until = Some(now + length);
+            h.returned_at = Some(now + length);
+            h.ejections += 1;
+            h.failures = 0;
         }
     }
 

@@ -46,6 +46,24 @@ async fn five_failures_eject_with_growing_backoff_and_slow_start() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn an_answer_is_a_round_trip_sample_and_a_success_or_failure() {
+    let s = Arc::new(ProviderStats::default());
+    let t0 = Instant::now();
+    for _ in 0..4 {
+        s.observe_answer(Duration::from_millis(30), true, t0);
+    }
+    assert_eq!(s.estimates().0, Some(0.030));
+    // A good answer clears the run of failures: four more do not eject.
+    s.observe_answer(Duration::from_millis(30), false, t0);
+    for _ in 0..4 {
+        s.observe_answer(Duration::from_millis(30), true, t0);
+    }
+    assert!(!s.is_ejected(t0));
+    s.observe_answer(Duration::from_millis(30), true, t0);
+    assert!(s.is_ejected(t0), "the fifth 5xx in a row ejects");
+}
+
+#[tokio::test(start_paused = true)]
 async fn cost_weighs_rtt_against_bandwidth_by_size_and_load() {
     let now = Instant::now();
     let near = Arc::new(ProviderStats::default());
