@@ -32,6 +32,8 @@ pub struct CompareOptions {
     pub rate_large: f64,
     /// Connections used by wrk and by the fixed-rate generator.
     pub connections: usize,
+    /// Fixed-rate rounds per size, each running every target once.
+    pub rounds: usize,
     /// Also write the report here.
     pub out: Option<PathBuf>,
 }
@@ -53,8 +55,10 @@ pub struct Row {
     pub p999: f64,
     /// Requests that failed during the fixed-rate phase.
     pub errors: u64,
-    /// Proxy CPU-seconds per 10,000 requests (none for direct).
+    /// Proxy CPU-seconds per 10,000 requests over all rounds (none for direct).
     pub cpu_per_10k: Option<f64>,
+    /// The same, round by round.
+    pub cpu_rounds: Vec<f64>,
     /// Fixed-rate latency quantiles (quantile, ms), for the plots.
     pub distribution: Vec<(f64, f64)>,
 }
@@ -132,35 +136,39 @@ pub async fn run(opts: CompareOptions) -> anyhow::Result<String> {
     ];
     let mut rows = Vec::new();
     for (size, path, rate) in sizes {
-        for (name, addr, proc_) in targets {
+        let mut cells = Vec::new();
+        for (name, addr, _) in targets {
             eprintln!("{size} via {name}: closed loop...");
-            let rps = wrk_rps(&wrk, addr, path, opts.connections, opts.duration)?;
-            eprintln!("{size} via {name}: fixed rate {rate}/s...");
-            let cpu0 = proc_.map(Proc::cpu_seconds);
-            let res = fixed_rate(&LoadSpec::fixed_rate_get(
-                addr,
-                path,
-                rate,
-                opts.duration,
-                opts.connections,
-            ))
-            .await?;
-            let cpu = match (proc_, cpu0) {
-                (Some(p), Some(c0)) if res.ok > 0 => Some((p.cpu_seconds() - c0) / res.ok as f64 * 10_000.0),
-                _ => None,
-            };
-            rows.push(Row {
-                target: name.into(),
-                size: size.into(),
-                rps,
-                p50: res.ms(0.50),
-                p99: res.ms(0.99),
-                p999: res.ms(0.999),
-                errors: res.errors,
-                cpu_per_10k: cpu,
-                distribution: PLOTTED.iter().map(|&q| (q, res.ms(q))).collect(),
-            });
+            cells.push(Cell::new(
+                name,
+                wrk_rps(&wrk, addr, path, opts.connections, opts.duration)?,
+            ));
         }
+        for round in 0..opts.rounds.max(1) {
+            // Rotated, so no target is always first after the closed-loop phases or
+            // always last before the next size.
+            for k in 0..targets.len() {
+                let i = (k + round) % targets.len();
+                let (name, addr, proc_) = targets[i];
+                eprintln!(
+                    "{size} via {name}: fixed rate {rate}/s, round {} of {}...",
+                    round + 1,
+                    opts.rounds
+                );
+                let cpu0 = proc_.map(Proc::cpu_seconds);
+                let res = fixed_rate(&LoadSpec::fixed_rate_get(
+                    addr,
+                    path,
+                    rate,
+                    opts.duration,
+                    opts.connections,
+                ))
+                .await?;
+                let cpu = proc_.zip(cpu0).map(|(p, c0)| p.cpu_seconds() - c0);
+                cells[i].add(res, cpu)?;
+            }
+        }
+        rows.extend(cells.into_iter().map(|c| c.row(size)));
     }
     drop(haproxy_proc);
     drop(nginx_proc);
@@ -179,6 +187,70 @@ pub async fn run(opts: CompareOptions) -> anyhow::Result<String> {
         std::fs::write(out, &report).with_context(|| format!("writing {}", out.display()))?;
     }
     Ok(report)
+}
+
+/// One target at one size, accumulated over the fixed-rate rounds.
+struct Cell {
+    target: &'static str,
+    rps: f64,
+    ok: u64,
+    errors: u64,
+    latency_us: Option<hdrhistogram::Histogram<u64>>,
+    cpu_seconds: Option<f64>,
+    cpu_rounds: Vec<f64>,
+}
+
+impl Cell {
+    fn new(target: &'static str, rps: f64) -> Self {
+        Cell {
+            target,
+            rps,
+            ok: 0,
+            errors: 0,
+            latency_us: None,
+            cpu_seconds: None,
+            cpu_rounds: Vec::new(),
+        }
+    }
+
+    fn add(&mut self, res: crate::load::LoadResult, cpu_seconds: Option<f64>) -> anyhow::Result<()> {
+        self.ok += res.ok;
+        self.errors += res.errors;
+        match &mut self.latency_us {
+            Some(h) => h.add(&res.latency_us).context("merging latency histograms")?,
+            None => self.latency_us = Some(res.latency_us),
+        }
+        if let Some(c) = cpu_seconds {
+            *self.cpu_seconds.get_or_insert(0.0) += c;
+            if res.ok > 0 {
+                self.cpu_rounds.push(c / res.ok as f64 * 10_000.0);
+            }
+        }
+        Ok(())
+    }
+
+    fn row(self, size: &str) -> Row {
+        let ms = |q: f64| {
+            self.latency_us
+                .as_ref()
+                .map_or(0.0, |h| h.value_at_quantile(q) as f64 / 1000.0)
+        };
+        Row {
+            target: self.target.into(),
+            size: size.into(),
+            rps: self.rps,
+            p50: ms(0.50),
+            p99: ms(0.99),
+            p999: ms(0.999),
+            errors: self.errors,
+            cpu_per_10k: self
+                .cpu_seconds
+                .filter(|_| self.ok > 0)
+                .map(|c| c / self.ok as f64 * 10_000.0),
+            cpu_rounds: self.cpu_rounds.clone(),
+            distribution: PLOTTED.iter().map(|&q| (q, ms(q))).collect(),
+        }
+    }
 }
 
 /// A simulated provider as its own process (`meridian-bench upstream`) on a free
@@ -334,11 +406,13 @@ pub fn render(rows: &[Row], opts: &CompareOptions) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "Closed loop: wrk -t1 -c{c}, {d}s. Fixed rate: {rs}/s (1 KiB) and {rl}/s (1 MiB) for {d}s over {c} connections,\n\
-         latency from intended send time (coordinated omission corrected). CPU: proxy process user+system seconds per\n\
-         10,000 requests during the fixed-rate phase.\n",
+        "Closed loop: wrk -t1 -c{c}, {d}s. Fixed rate: {rs}/s (1 KiB) and {rl}/s (1 MiB) over {c} connections, in\n\
+         {n} rounds of {d}s per target (each round runs every target once, in a rotated order), latency from intended\n\
+         send time (coordinated omission corrected), over all rounds. CPU: proxy process user+system seconds per\n\
+         10,000 requests during the fixed-rate phases, over all rounds.\n",
         c = opts.connections,
         d = opts.duration.as_secs(),
+        n = opts.rounds,
         rs = opts.rate_small,
         rl = opts.rate_large
     );
@@ -375,6 +449,26 @@ pub fn render(rows: &[Row], opts: &CompareOptions) -> String {
                     m.rps / n.rps.max(1e-9),
                     m.p99 / n.p99.max(1e-9)
                 );
+            }
+        }
+    }
+    let _ = writeln!(
+        s,
+        "\nCPU/req ratio round by round (how much of the ratio above is this machine's noise):\n"
+    );
+    let _ = writeln!(s, "| size | vs | per round |");
+    let _ = writeln!(s, "|---|---|---|");
+    for size in ["1 KiB", "1 MiB"] {
+        let find = |t: &str| rows.iter().find(|r| r.size == size && r.target == t);
+        for other in ["nginx", "haproxy"] {
+            if let (Some(m), Some(n)) = (find("meridian"), find(other)) {
+                let per: Vec<String> = m
+                    .cpu_rounds
+                    .iter()
+                    .zip(&n.cpu_rounds)
+                    .map(|(a, b)| if *b > 0.0 { format!("{:.2}", a / b) } else { "-".into() })
+                    .collect();
+                let _ = writeln!(s, "| {size} | {other} | {} |", per.join(" / "));
             }
         }
     }

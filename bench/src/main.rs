@@ -45,6 +45,11 @@ enum Cmd {
         /// Client connections.
         #[arg(long, default_value_t = 32)]
         connections: usize,
+        /// Fixed-rate rounds per size: each round runs every target once for
+        /// `--duration`, in a rotated order, so drift on a shared machine is spread
+        /// over all of them; figures are over all rounds, per-round CPU ratios listed.
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
+        rounds: u32,
         /// Also write the markdown report to this file.
         #[arg(long)]
         out: Option<PathBuf>,
@@ -256,6 +261,7 @@ fn main() -> ExitCode {
                 rate_small,
                 rate_large,
                 connections,
+                rounds,
                 out,
             } => {
                 let report = compare::run(compare::CompareOptions {
@@ -263,6 +269,7 @@ fn main() -> ExitCode {
                     rate_small,
                     rate_large,
                     connections,
+                    rounds: rounds as usize,
                     out,
                 })
                 .await?;

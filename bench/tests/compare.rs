@@ -40,6 +40,8 @@ fn compare_produces_a_full_report() {
         "20",
         "--connections",
         "4",
+        "--rounds",
+        "2",
     ]);
     for target in ["direct", "meridian", "nginx", "haproxy"] {
         for size in ["1 KiB", "1 MiB"] {
@@ -58,6 +60,16 @@ fn compare_produces_a_full_report() {
     }
     assert!(report.contains("Meridian relative to nginx and HAProxy"));
     assert!(report.contains("| 1 KiB | haproxy |"), "{report}");
+    assert!(report.contains("in\n2 rounds of 1s per target"), "{report}");
+    // Two fixed-rate rounds: the per-round CPU ratios list two figures each.
+    for other in ["nginx", "haproxy"] {
+        let line = report
+            .lines()
+            .rfind(|l| l.starts_with(&format!("| 1 KiB | {other} |")))
+            .unwrap();
+        let per = line.split('|').nth(3).unwrap();
+        assert_eq!(per.split('/').count(), 2, "{line}");
+    }
     // One latency plot per size, a line per target, linked from the report.
     for tag in ["1k", "1m"] {
         let svg_path = out_file.path().with_extension(format!("{tag}.svg"));
