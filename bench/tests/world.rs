@@ -8,61 +8,7 @@ use std::time::Duration;
 
 use meridian_bench::world::run::NetworkMode;
 
-const SCENARIO: &str = r#"
-name = "tiny"
-duration = "6s"
-control_plane = { at = [50.11, 8.68] }
-[[edges]]
-name = "fra"
-at = [50.11, 8.68]
-[[edges]]
-name = "iad"
-at = [39.04, -77.49]
-[[providers]]
-id = "de-1"
-jurisdiction = "DE"
-at = [50.1, 8.7]
-[[providers]]
-id = "fr-1"
-jurisdiction = "FR"
-at = [48.86, 2.35]
-[[providers]]
-id = "us-1"
-jurisdiction = "US"
-at = [39.0, -77.5]
-[[users]]
-name = "eu"
-origin = "DE"
-edge = "fra"
-at = [52.5, 13.4]
-rate = 20
-objects = ["4KiB"]
-[[users]]
-name = "us"
-origin = "US"
-edge = "iad"
-at = [40.7, -74.0]
-rate = 20
-objects = ["4KiB"]
-[fleet.policy]
-rules = [
-  { name = "eu", origin = "DE", allow = ["DE", "FR"] },
-  { name = "us", origin = "US", allow = ["US"] },
-]
-[[events]]
-at = "1s"
-provider = "de-1"
-action = "kill"
-[[events]]
-at = "2s"
-control_plane = "kill"
-[[events]]
-at = "3s"
-control_plane = "start"
-[[events]]
-at = "4s"
-policy = { rules = [ { name = "eu", origin = "DE", allow = ["FR"] }, { name = "us", origin = "US", allow = ["US"] } ] }
-"#;
+const SCENARIO: &str = include_str!("tiny-world.toml");
 
 fn tiny(network: NetworkMode) -> String {
     let dir = tempfile::tempdir().unwrap();

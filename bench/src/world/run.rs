@@ -852,34 +852,7 @@ fn judge(
 mod tests {
     use super::*;
 
-    const SCENARIO: &str = r#"
-name = "judge"
-duration = "10s"
-control_plane = { at = [50.11, 8.68] }
-[[edges]]
-name = "fra"
-at = [50.11, 8.68]
-[[edges]]
-name = "iad"
-at = [39.04, -77.49]
-[[providers]]
-id = "de-1"
-jurisdiction = "DE"
-at = [50.1, 8.7]
-[[providers]]
-id = "fr-1"
-jurisdiction = "FR"
-at = [48.86, 2.35]
-[[users]]
-name = "eu"
-origin = "DE"
-edge = "fra"
-at = [52.5, 13.4]
-rate = 1
-objects = ["4KiB"]
-[fleet.policy]
-rules = [{ name = "eu", origin = "DE", allow = ["DE", "FR"] }]
-"#;
+    const SCENARIO: &str = include_str!("../../tests/tiny-world.toml");
 
     fn secs(s: f64) -> Duration {
         Duration::from_secs_f64(s)
@@ -896,7 +869,8 @@ rules = [{ name = "eu", origin = "DE", allow = ["DE", "FR"] }]
         }
     }
 
-    /// EU data restricted to Germany at 5 s; `fra` runs it from 5.05 s, `iad` never.
+    /// EU data (`eu` users, at `fra`) restricted to Germany at 5 s; `fra` runs it
+    /// from 5.05 s, `iad` never.
     fn world() -> (Scenario, Fleet, Vec<Rollout>) {
         let s: Scenario = toml::from_str(SCENARIO).unwrap();
         let fleet = s.fleet_with(|_| "127.0.0.1:1".into());
