@@ -220,6 +220,8 @@ async fn pipelined_and_http10_requests_follow_keep_alive_rules() {
     assert!(head.starts_with("http/1.1 200"), "{head}");
     assert!(!head.contains("transfer-encoding"), "{head}");
     assert!(head.contains("\r\ndate: "), "{head}");
+    // The provider's own `Date` is passed on, never doubled.
+    assert_eq!(head.matches("\r\ndate: ").count(), 1, "{head}");
     assert!(closed);
     assert_eq!(body, "hello, trailers");
 

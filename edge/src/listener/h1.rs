@@ -412,13 +412,9 @@ where
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED;
-    let mut closing = facts.close
-        || !body_done
-        || cx.drain.given()
-        || parts
-            .headers
-            .get(header::CONNECTION)
-            .is_some_and(|v| has_token(v.as_bytes(), b"close"));
+    // An answer the edge wrote may ask to close (`connection: close`); that is read
+    // in the one pass over the fields below.
+    let mut closing = facts.close || !body_done || cx.drain.given();
     let framing = if no_body {
         Out::None
     } else if let Some(n) = body.size_hint().exact() {
@@ -440,11 +436,16 @@ where
         out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
         out.extend_from_slice(b"\r\n");
     }
+    let mut dated = false;
     for (name, value) in &parts.headers {
         // Framing and connection management are this hop's own; a HEAD response
         // keeps the length the GET would have had.
-        let ours = *name == header::CONNECTION
-            || *name == header::TRANSFER_ENCODING
+        if *name == header::CONNECTION {
+            closing |= has_token(value.as_bytes(), b"close");
+            continue;
+        }
+        dated |= *name == header::DATE;
+        let ours = *name == header::TRANSFER_ENCODING
             || (*name == header::CONTENT_LENGTH && !(facts.head_request || status == StatusCode::NOT_MODIFIED))
             || (*name == header::ALT_SVC && cx.alt_svc.is_some());
         if !ours {
@@ -459,7 +460,7 @@ where
         Out::Chunked => push_field(out, b"transfer-encoding", b"chunked"),
         Out::None | Out::Close => {}
     }
-    if !parts.headers.contains_key(header::DATE) {
+    if !dated {
         out.extend_from_slice(b"date: ");
         push_date(out);
         out.extend_from_slice(b"\r\n");

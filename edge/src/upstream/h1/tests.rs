@@ -148,11 +148,7 @@ async fn bad_lengths_are_refused() {
         b"HTTP/1.1 200 OK\r\nContent-Length: +3\r\n\r\nabc",
         b"HTTP/1.1 200 OK\r\nContent-Length: 3, 3\r\n\r\nabc",
     ] {
-        let (conn, mut provider) = pair().await;
-        let (resp, _) = tokio::join!(exchange(conn, get("/"), Sink::default(), far()), async {
-            read_head(&mut provider).await;
-            provider.write_all(wire).await.unwrap();
-        });
+        let (resp, _, _provider) = respond(wire, get("/")).await;
         let err = resp.unwrap_err();
         assert!(matches!(err.error, H1Error::Invalid(_)), "{}", err.error);
         assert!(err.unsent.is_none(), "the request was sent: never retry it");
@@ -161,12 +157,7 @@ async fn bad_lengths_are_refused() {
 
 #[tokio::test]
 async fn a_body_without_framing_runs_to_close_and_is_not_reused() {
-    let (conn, mut provider) = pair().await;
-    let sink = Sink::default();
-    let (resp, _) = tokio::join!(exchange(conn, get("/"), sink.clone(), far()), async {
-        read_head(&mut provider).await;
-        provider.write_all(b"HTTP/1.1 200 OK\r\n\r\nuntil ").await.unwrap();
-    });
+    let (resp, sink, mut provider) = respond(b"HTTP/1.1 200 OK\r\n\r\nuntil ", get("/")).await;
     let body = resp.unwrap().into_body();
     provider.write_all(b"the end").await.unwrap();
     drop(provider);
@@ -190,15 +181,7 @@ async fn informational_responses_are_skipped_and_head_has_no_body() {
 
 #[tokio::test]
 async fn a_body_cut_short_is_an_error_not_an_end() {
-    let (conn, mut provider) = pair().await;
-    let sink = Sink::default();
-    let (resp, _) = tokio::join!(exchange(conn, get("/"), sink.clone(), far()), async {
-        read_head(&mut provider).await;
-        provider
-            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhalf")
-            .await
-            .unwrap();
-    });
+    let (resp, sink, provider) = respond(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhalf", get("/")).await;
     drop(provider);
     let err = resp.unwrap().into_body().collect().await.unwrap_err();
     assert!(matches!(err, H1Error::Closed(_)), "{err}");
