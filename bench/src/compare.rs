@@ -8,6 +8,7 @@
 //! Results are meant to be read as ratios between columns of one run: the machine is
 //! shared. nginx, HAProxy and wrk are installed from Debian's packages when missing.
 
+use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -16,7 +17,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Empty, Full};
 
 use crate::load::{LoadSpec, fixed_rate};
 use crate::procs::{Proc, ensure_installed, sibling_binary, wait_http};
@@ -124,6 +125,18 @@ pub async fn run(opts: CompareOptions) -> anyhow::Result<String> {
     let haproxy_proc = Proc::spawn("haproxy", Command::new(&haproxy).arg("-db").arg("-f").arg(&haproxy_cfg))?;
     wait_http(haproxy_addr, "/obj-1k", 200, Duration::from_secs(20)).await?;
 
+    // Before any load: what each proxy adds to a request and a response, so the CPU
+    // columns are seen to compare the same job.
+    let direct = fields_seen(upstream).await?;
+    let mut work = Vec::new();
+    for (name, addr) in [
+        ("meridian", edge_addr),
+        ("nginx", nginx_addr),
+        ("haproxy", haproxy_addr),
+    ] {
+        work.push((name, fields_seen(addr).await?.added_to(&direct)));
+    }
+
     let targets: [(&str, SocketAddr, Option<&Proc>); 4] = [
         ("direct", upstream, None),
         ("meridian", edge_addr, Some(&edge)),
@@ -173,7 +186,7 @@ pub async fn run(opts: CompareOptions) -> anyhow::Result<String> {
     drop(haproxy_proc);
     drop(nginx_proc);
     drop(edge);
-    let mut report = render(&rows, &opts);
+    let mut report = render(&rows, &work, &opts);
     if let Some(out) = &opts.out {
         for (size, tag) in [("1 KiB", "1k"), ("1 MiB", "1m")] {
             let svg_path = out.with_extension(format!("{tag}.svg"));
@@ -267,8 +280,10 @@ pub(crate) async fn spawn_upstream() -> anyhow::Result<(Proc, SocketAddr)> {
 
 fn nginx_config(work: &Path, listen: SocketAddr, upstream: SocketAddr) -> String {
     let w = work.display();
-    // Same shape as the edge: keep-alive to the upstream, streaming (no buffering to
-    // disk), no access log, one worker per core.
+    // Same shape and the same header work as the edge: keep-alive to the upstream,
+    // streaming (no buffering to disk), no access log, one worker per core; the
+    // client's `Host` passed on, the forwarding trail replaced (an untrusted client)
+    // and `Via` added both ways.
     format!(
         "daemon off;\nworker_processes auto;\npid {w}/nginx.pid;\nerror_log {w}/error.log warn;\n\
          events {{ worker_connections 4096; }}\n\
@@ -277,18 +292,27 @@ fn nginx_config(work: &Path, listen: SocketAddr, upstream: SocketAddr) -> String
          upstream up {{ server {upstream}; keepalive 512; }}\n\
          server {{\n    listen {listen};\n    location / {{\n      proxy_pass http://up;\n\
          proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n      proxy_buffering off;\n\
-         proxy_request_buffering off;\n    }}\n  }}\n}}\n"
+         proxy_request_buffering off;\n      proxy_set_header Host $http_host;\n\
+         proxy_set_header X-Forwarded-For $remote_addr;\n      proxy_set_header X-Forwarded-Proto $scheme;\n\
+         proxy_set_header Forwarded \"for=$remote_addr;proto=$scheme\";\n\
+         proxy_set_header Via \"1.1 nginx\";\n      add_header Via \"1.1 nginx\" always;\n    }}\n  }}\n}}\n"
     )
 }
 
 fn haproxy_config(listen: SocketAddr, upstream: SocketAddr) -> String {
-    // Same shape as the edge and nginx: keep-alive and connection reuse to the
-    // upstream, one thread per core, no logging.
+    // Same shape and header work as the edge and nginx: keep-alive and connection
+    // reuse to the upstream, one thread per core, no logging, the forwarding trail
+    // replaced and `Via` added both ways.
     format!(
         "global\n  maxconn 8192\n  nbthread {threads}\n\n\
          defaults\n  mode http\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n\
          option http-keep-alive\n  http-reuse always\n\n\
-         frontend f\n  bind {listen}\n  default_backend b\n\n\
+         frontend f\n  bind {listen}\n  default_backend b\n\
+         \x20 http-request set-header X-Forwarded-For %[src]\n\
+         \x20 http-request set-header X-Forwarded-Proto http\n\
+         \x20 http-request set-header Forwarded \"for=%[src];proto=http\"\n\
+         \x20 http-request add-header Via \"1.1 haproxy\"\n\
+         \x20 http-response add-header Via \"1.1 haproxy\"\n\n\
          backend b\n  server up {upstream} maxconn 512\n",
         threads = std::thread::available_parallelism().map_or(1, |n| n.get())
     )
@@ -365,6 +389,44 @@ pub fn plot(title: &str, rows: &[Row], size: &str) -> String {
     s
 }
 
+/// Header field names seen on one exchange: the request as the upstream received it
+/// (`/_sim/echo` reports it) and the response as the client received it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Fields {
+    /// Fields of the request at the upstream.
+    pub request: BTreeSet<String>,
+    /// Fields of the response at the client.
+    pub response: BTreeSet<String>,
+}
+
+impl Fields {
+    /// The fields present here and not in `direct`.
+    pub fn added_to(&self, direct: &Fields) -> Fields {
+        Fields {
+            request: self.request.difference(&direct.request).cloned().collect(),
+            response: self.response.difference(&direct.response).cloned().collect(),
+        }
+    }
+}
+
+async fn fields_seen(addr: SocketAddr) -> anyhow::Result<Fields> {
+    let mut send = crate::procs::h1_client(addr).await?;
+    let req = http::Request::get("/_sim/echo")
+        .header("host", "localhost")
+        .body(Empty::<Bytes>::new())?;
+    let resp = send.send_request(req).await?;
+    let response = resp.headers().keys().map(|k| k.as_str().to_owned()).collect();
+    let body = resp.into_body().collect().await?.to_bytes();
+    let doc: serde_json::Value = serde_json::from_slice(&body).context("parsing /_sim/echo")?;
+    let request = doc["headers"]
+        .as_array()
+        .context("/_sim/echo has no headers")?
+        .iter()
+        .filter_map(|pair| pair[0].as_str().map(str::to_owned))
+        .collect();
+    Ok(Fields { request, response })
+}
+
 async fn put(addr: SocketAddr, path: &str, data: Vec<u8>) -> anyhow::Result<()> {
     let mut send = crate::procs::h1_client(addr).await?;
     let req = http::Request::put(path)
@@ -402,7 +464,7 @@ fn tempfile_dir() -> anyhow::Result<PathBuf> {
 }
 
 /// The report as markdown: one table, plus the ratios the targets are judged by.
-pub fn render(rows: &[Row], opts: &CompareOptions) -> String {
+pub fn render(rows: &[Row], work: &[(&str, Fields)], opts: &CompareOptions) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -416,6 +478,17 @@ pub fn render(rows: &[Row], opts: &CompareOptions) -> String {
         rs = opts.rate_small,
         rl = opts.rate_large
     );
+    let _ = writeln!(
+        s,
+        "Header work: the fields each proxy adds, against going direct (the same job for all three):\n"
+    );
+    let _ = writeln!(s, "| target | added to the request | added to the response |");
+    let _ = writeln!(s, "|---|---|---|");
+    for (name, added) in work {
+        let list = |set: &BTreeSet<String>| set.iter().cloned().collect::<Vec<_>>().join(", ");
+        let _ = writeln!(s, "| {name} | {} | {} |", list(&added.request), list(&added.response));
+    }
+    let _ = writeln!(s);
     let _ = writeln!(
         s,
         "| size | target | req/s (closed) | p50 ms | p99 ms | p99.9 ms | errors | CPU-s / 10k req |"

@@ -59,6 +59,32 @@ fn compare_produces_a_full_report() {
         }
     }
     assert!(report.contains("Meridian relative to nginx and HAProxy"));
+    // Every proxy does the edge's header work, so CPU per request compares one job.
+    let added = |target: &str| {
+        let line = report
+            .lines()
+            .find(|l| l.starts_with(&format!("| {target} |")))
+            .unwrap_or_else(|| panic!("no header-work row for {target}:\n{report}"));
+        let cells: Vec<String> = line.split('|').map(|c| c.trim().to_owned()).collect();
+        (cells[2].clone(), cells[3].clone())
+    };
+    let (edge_request, edge_response) = added("meridian");
+    for field in ["forwarded", "via", "x-forwarded-for", "x-forwarded-proto"] {
+        assert!(edge_request.split(", ").any(|f| f == field), "{edge_request}");
+    }
+    assert!(edge_response.split(", ").any(|f| f == "via"), "{edge_response}");
+    for other in ["nginx", "haproxy"] {
+        let (request, response) = added(other);
+        assert_eq!(request, edge_request, "{other}:\n{report}");
+        // nginx also adds `Server` and `Connection: keep-alive`, which it cannot
+        // be told not to: at least the edge's work, never less.
+        for field in edge_response.split(", ") {
+            assert!(
+                response.split(", ").any(|f| f == field),
+                "{other} lacks {field}:\n{report}"
+            );
+        }
+    }
     assert!(report.contains("| 1 KiB | haproxy |"), "{report}");
     assert!(report.contains("in\n2 rounds of 1s per target"), "{report}");
     // Two fixed-rate rounds: the per-round CPU ratios list two figures each.

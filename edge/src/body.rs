@@ -21,6 +21,7 @@ use http_body_util::combinators::UnsyncBoxBody;
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 
+use crate::codec::RawFields;
 use crate::conn::InflightGuard;
 use crate::route::Target;
 use crate::upstream::UpstreamBody;
@@ -68,6 +69,11 @@ impl<B> TimedBody<B> {
             idle,
             sleep: None,
         }
+    }
+
+    /// The wrapped body.
+    pub fn inner_mut(&mut self) -> &mut B {
+        &mut self.inner
     }
 }
 
@@ -252,6 +258,16 @@ impl ResponseBody {
                 bytes: 0,
                 received,
             },
+        }
+    }
+
+    /// The provider's response fields as received, when they were left out of the
+    /// header map (see [`crate::codec::RawFields`]): they are the response's first
+    /// fields, the map's follow them.
+    pub fn take_raw(&mut self) -> Option<RawFields> {
+        match self {
+            ResponseBody::Upstream { body, .. } => body.inner_mut().take_raw(),
+            ResponseBody::Local { .. } => None,
         }
     }
 

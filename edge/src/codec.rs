@@ -272,6 +272,69 @@ pub fn header_map(head: &Bytes, spans: &[Span], extra: usize) -> Result<HeaderMa
     Ok(headers)
 }
 
+/// A head's fields as they arrived: the head's bytes and where each field lies in
+/// them. HTTP/1.1 passes a provider's fields to an HTTP/1.1 client this way, as
+/// bytes, without building a header map only to write it out again; anything that
+/// needs to look up or change fields builds the map with [`RawFields::to_map`].
+pub struct RawFields {
+    head: Bytes,
+    /// From, and back to, this worker's [`SPANS`] when not too large.
+    spans: Vec<Span>,
+}
+
+impl RawFields {
+    /// The fields at `spans` of `head` (as [`Span::of`] found them).
+    pub fn new(head: Bytes, spans: &[Span]) -> Self {
+        let mut kept = SPANS.with_borrow_mut(Vec::pop).unwrap_or_default();
+        kept.extend_from_slice(spans);
+        RawFields { head, spans: kept }
+    }
+
+    /// Names and values, in order, as received (names in the sender's case).
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.spans.iter().map(|s| {
+            let (ns, nl) = (s.name.0 as usize, s.name.1 as usize);
+            let (vs, vl) = (s.value.0 as usize, s.value.1 as usize);
+            (&self.head[ns..ns + nl], &self.head[vs..vs + vl])
+        })
+    }
+
+    /// The first value of `name` (lower case).
+    pub fn get(&self, name: &str) -> Option<&[u8]> {
+        self.iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
+            .map(|(_, v)| v)
+    }
+
+    /// The fields as a header map, with room for `extra` more.
+    pub fn to_map(&self, extra: usize) -> Result<HeaderMap, DecodeError> {
+        header_map(&self.head, &self.spans, extra)
+    }
+}
+
+impl Drop for RawFields {
+    fn drop(&mut self) {
+        let mut spans = std::mem::take(&mut self.spans);
+        if spans.capacity() > 128 {
+            return;
+        }
+        spans.clear();
+        SPANS.with_borrow_mut(|kept| {
+            if kept.len() < RECYCLED_MAPS {
+                kept.push(spans);
+            }
+        });
+    }
+}
+
+impl std::fmt::Debug for RawFields {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.iter().map(|(n, _)| String::from_utf8_lossy(n)))
+            .finish()
+    }
+}
+
 /// Header maps kept per worker thread between messages, and the most of them.
 const RECYCLED_MAPS: usize = 64;
 /// Non-standard field names remembered per worker thread, and the most of them.
@@ -280,11 +343,13 @@ const KNOWN_NAMES: usize = 64;
 thread_local! {
     static MAPS: RefCell<Vec<HeaderMap>> = const { RefCell::new(Vec::new()) };
     static NAMES: RefCell<Vec<HeaderName>> = const { RefCell::new(Vec::new()) };
+    /// Field position lists of [`RawFields`], kept like the maps.
+    static SPANS: RefCell<Vec<Vec<Span>>> = const { RefCell::new(Vec::new()) };
 }
 
 /// An empty header map with room for `capacity` fields, reusing one a finished
 /// message gave back on this thread when there is one (a map is two allocations).
-fn recycled_map(capacity: usize) -> HeaderMap {
+pub fn recycled_map(capacity: usize) -> HeaderMap {
     let reused = MAPS.with_borrow_mut(Vec::pop);
     match reused {
         Some(mut map) => {

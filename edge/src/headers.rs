@@ -33,14 +33,28 @@ fn fixed_hop_by_hop() -> [&'static HeaderName; 8] {
     ]
 }
 
+/// Whether `name` is one of the fixed hop-by-hop fields (not counting those a
+/// `Connection` field names).
+pub fn is_hop_by_hop(name: &HeaderName) -> bool {
+    fixed_hop_by_hop().contains(&name)
+}
+
+/// [`is_hop_by_hop`] for a name as received, in any case; `Via` counts too, since a
+/// message carrying it needs this edge's element merged into it.
+pub fn needs_rewrite(name: &[u8]) -> bool {
+    fixed_hop_by_hop()
+        .into_iter()
+        .chain([&header::VIA])
+        .any(|h| h.as_str().len() == name.len() && h.as_str().as_bytes().eq_ignore_ascii_case(name))
+}
+
 /// Removes hop-by-hop fields, including every field that `Connection` names.
 /// Returns whether the sender accepts trailers (`TE: trailers`), which the next hop
 /// must be told again since `TE` itself is hop-by-hop.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> bool {
     // One pass over the fields finds whether there is anything to do: most
     // messages carry no hop-by-hop field, and a scan is cheaper than eight lookups.
-    let fixed = fixed_hop_by_hop();
-    if !headers.keys().any(|k| fixed.contains(&k)) {
+    if !headers.keys().any(is_hop_by_hop) {
         return false;
     }
     let mut trailers = false;
@@ -61,7 +75,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> bool {
             headers.remove(name);
         }
     }
-    for name in fixed {
+    for name in fixed_hop_by_hop() {
         headers.remove(name);
     }
     trailers

@@ -112,7 +112,10 @@ impl Listener {
             };
             let _ = tcp.set_nodelay(true);
             let this = self.clone();
-            tokio::spawn(async move { this.connection(tcp, peer, proto, permit).await });
+            // Boxed: the connection's future is large (its request path inlined),
+            // and spawning moves a task's future several times; a box is moved as
+            // a pointer.
+            tokio::spawn(Box::pin(this.connection(tcp, peer, proto, permit)));
         }
     }
 

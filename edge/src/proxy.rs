@@ -26,6 +26,7 @@ use http_body_util::BodyExt;
 use meridian_proto::Protocol;
 
 use crate::body::{BoxError, CountedBody, ProxyBody, ResponseBody, TimedBody};
+use crate::codec;
 use crate::config::{Forwarding, HedgingConfig, canonical_ip};
 use crate::conn::ConnState;
 use crate::headers::{self, Hop, Trail, ViaValues};
@@ -275,23 +276,27 @@ where
         peer,
         trusted,
     });
-    let explain = trusted && parts.headers.get(&EXPLAIN).is_some_and(|v| v.as_bytes() == b"1");
-    // Residency claims and explain requests are for this edge only, trusted or not.
-    parts.headers.remove(snap.routing.origin().header());
-    parts.headers.remove(&EXPLAIN);
+    let claim = snap.routing.origin().header();
+    let seen = Seen::of(&parts.headers, claim);
+    let explain = trusted && seen.edge_only && parts.headers.get(&EXPLAIN).is_some_and(|v| v.as_bytes() == b"1");
     // GETs rarely announce their size: learn it per route (host and first segment).
     let size_key =
         (parts.method == Method::GET).then(|| SizeTable::key(host_name.as_deref().unwrap_or(""), parts.uri.path()));
-    let bytes = match expected_bytes(&parts.headers) {
+    let announced = if seen.size { expected_bytes(&parts.headers) } else { 0 };
+    let bytes = match announced {
         0 => size_key.map_or(0, |k| learned.sizes.expected_at(k)),
         announced => announced,
     };
-    parts.headers.remove(&SIZE_HINT);
+    if seen.edge_only {
+        // Residency claims, explain requests and size hints are for this edge only,
+        // trusted or not. The edge runs the 100-continue exchange with the client
+        // itself: it asks for the body only once it is sending to a provider.
+        for name in [claim, &EXPLAIN, &SIZE_HINT, &header::EXPECT] {
+            parts.headers.remove(name);
+        }
+    }
 
-    let wants_trailers = headers::strip_hop_by_hop(&mut parts.headers);
-    // The edge runs the 100-continue exchange with the client itself: it asks for
-    // the body only once it is sending to a provider.
-    parts.headers.remove(header::EXPECT);
+    let wants_trailers = seen.hop_by_hop && headers::strip_hop_by_hop(&mut parts.headers);
     headers::set_forwarding(
         &mut parts.headers,
         Hop {
@@ -360,15 +365,37 @@ where
                 if snap.hedging.enabled {
                     learned.latency.record(ttfb);
                 }
-                if let (Some(key), true) = (size_key, resp.status().is_success()) {
-                    let length = resp.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok());
-                    if let Some(n) = length.and_then(|v| v.parse::<u64>().ok()) {
+                let (mut parts, mut body) = resp.into_parts();
+                // An HTTP/1.1 provider's fields may have been left as received (none
+                // of them hop-by-hop, no `Via`): an HTTP/1.x client gets them so,
+                // any other needs them in the map.
+                let raw = if matches!(client_version, Version::HTTP_10 | Version::HTTP_11) {
+                    body.raw().is_some()
+                } else {
+                    if let Some(fields) = body.take_raw() {
+                        let map = fields.to_map(2).map_err(|e| {
+                            Refusal::Upstream(UpstreamError::Exchange(format!("invalid response field: {}", e.0)))
+                        })?;
+                        codec::recycle(std::mem::replace(&mut parts.headers, map));
+                    }
+                    false
+                };
+                if let (Some(key), true) = (size_key, parts.status.is_success()) {
+                    let length = match body.raw() {
+                        Some(fields) => fields.get("content-length"),
+                        None => parts.headers.get(header::CONTENT_LENGTH).map(HeaderValue::as_bytes),
+                    };
+                    let length = length.and_then(|v| std::str::from_utf8(v).ok());
+                    if let Some(n) = length.and_then(|v| v.trim().parse::<u64>().ok()) {
                         learned.sizes.learn_at(key, n);
                     }
                 }
-                let (mut parts, body) = resp.into_parts();
                 let upstream_version = parts.version;
-                headers::strip_hop_by_hop(&mut parts.headers);
+                if !raw {
+                    headers::strip_hop_by_hop(&mut parts.headers);
+                }
+                // Into the (then empty) map when the fields stay raw: they carry
+                // no `Via` to merge with.
                 headers::add_via(&mut parts.headers, upstream_version, &snap.via);
                 parts.version = client_version;
                 let response = Response::from_parts(parts, TimedBody::new(body, snap.body_idle));
@@ -394,6 +421,38 @@ where
                 }
             }
         }
+    }
+}
+
+/// What a request carries of the fields this edge reads or takes out, found in one
+/// pass over the names: most requests carry none of them, and the pass costs less
+/// than the lookups (nearly all of them misses) it spares.
+#[derive(Debug, Default, Clone, Copy)]
+struct Seen {
+    /// The residency claim, `x-meridian-explain`, `x-meridian-size-hint` or `Expect`.
+    edge_only: bool,
+    /// `Content-Length` or the size hint.
+    size: bool,
+    /// A hop-by-hop field.
+    hop_by_hop: bool,
+}
+
+impl Seen {
+    fn of(headers: &http::HeaderMap, claim: &HeaderName) -> Self {
+        let mut seen = Seen::default();
+        for name in headers.keys() {
+            if name == header::CONTENT_LENGTH {
+                seen.size = true;
+            } else if name == SIZE_HINT {
+                seen.size = true;
+                seen.edge_only = true;
+            } else if name == claim || name == EXPLAIN || name == header::EXPECT {
+                seen.edge_only = true;
+            } else if headers::is_hop_by_hop(name) {
+                seen.hop_by_hop = true;
+            }
+        }
+        seen
     }
 }
 

@@ -34,6 +34,7 @@ use crate::body::{BoxError, ProxyBody};
 mod h1;
 mod inline;
 
+use crate::codec::RawFields;
 use crate::config::UpstreamConfig;
 use crate::route::Target;
 use crate::runtime::current_worker;
@@ -366,6 +367,25 @@ pub enum UpstreamBody {
     H1(InlineBody),
     /// HTTP/2.
     H2(Incoming),
+}
+
+impl UpstreamBody {
+    /// The response's fields as received, when its header map was left empty for
+    /// them (HTTP/1.1 responses with no field to rewrite).
+    pub fn take_raw(&mut self) -> Option<RawFields> {
+        match self {
+            UpstreamBody::H1(b) => b.take_raw(),
+            UpstreamBody::H2(_) => None,
+        }
+    }
+
+    /// The same, left in place.
+    pub fn raw(&self) -> Option<&RawFields> {
+        match self {
+            UpstreamBody::H1(b) => b.raw(),
+            UpstreamBody::H2(_) => None,
+        }
+    }
 }
 
 impl http_body::Body for UpstreamBody {

@@ -97,6 +97,11 @@ async fn hop_by_hop_headers_are_removed_both_ways_and_via_added() {
     let r = c.send_request(req).await.unwrap();
     assert_eq!(r.headers()["via"], "1.1 meridian");
     assert!(r.headers().get("connection").is_none() || r.headers()["connection"] == "keep-alive");
+    // The provider's own fields pass once each, framing rewritten by this hop.
+    assert_eq!(r.headers()["x-sim-provider"], "p1");
+    for once in ["date", "content-length", "x-sim-provider", "via"] {
+        assert_eq!(r.headers().get_all(once).iter().count(), 1, "{once}: {:?}", r.headers());
+    }
     let doc = echo_json(r).await;
     for gone in [
         "connection",
@@ -358,6 +363,8 @@ async fn http2_clients_reach_http1_and_http2_providers() {
             r.headers()["via"],
             if proto == "http1" { "1.1 meridian" } else { "2 meridian" }
         );
+        // An HTTP/1.1 provider's fields reach an HTTP/2 client as a map.
+        assert_eq!(r.headers()["x-sim-provider"], "p1", "{proto}: {:?}", r.headers());
         let doc = echo_json(r).await;
         assert_eq!(doc["body_bytes"], 3);
         assert_eq!(doc["version"], if proto == "http1" { "HTTP/1.1" } else { "HTTP/2.0" });

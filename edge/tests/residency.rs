@@ -168,6 +168,31 @@ async fn a_residency_header_counts_only_from_trusted_hops_and_is_never_forwarded
     );
 }
 
+#[tokio::test]
+async fn fields_for_the_edge_alone_are_never_forwarded_each_on_its_own() {
+    let us = provider("us-1").await;
+    let e = edge(
+        &fleet_toml(&[("us-1", "US", us.addr)], "[origin]\ndefault = \"US\"\n"),
+        Path::new("."),
+    )
+    .await;
+    // One at a time: the edge looks for these in one pass over the names, and a
+    // request carrying just one of them must still lose it.
+    for (name, value) in [
+        ("x-meridian-residency", "CN"),
+        ("x-meridian-explain", "1"),
+        ("x-meridian-size-hint", "4096"),
+        ("expect", "100-continue"),
+        ("connection", "x-private"),
+    ] {
+        let (status, _, body) = status_and_text(e.http_addr.unwrap(), "x", "/_sim/echo", &[(name, value)]).await;
+        assert_eq!(status, 200, "{name}");
+        let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert!(echoed(&doc, name).is_empty(), "{name} was forwarded: {doc}");
+        assert_eq!(echoed(&doc, "x-forwarded-for"), ["127.0.0.1"], "{doc}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn converges_on_the_fastest_compliant_provider_and_moves_away_when_it_degrades() {
     let (near, far, cn) = (

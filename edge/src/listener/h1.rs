@@ -32,7 +32,7 @@ use tokio::time::Instant;
 
 use crate::body::ResponseBody;
 use crate::codec::{
-    DecodeError, Decoder, Framing, Span, Step, has_token, header_map, poll_fill, poll_write_all, push_field,
+    DecodeError, Decoder, Framing, RawFields, Span, Step, has_token, header_map, poll_fill, poll_write_all, push_field,
     push_last_chunk, recycle,
 };
 use crate::config::Limits;
@@ -406,7 +406,8 @@ async fn write_response<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (parts, body) = resp.into_parts();
+    let (parts, mut body) = resp.into_parts();
+    let raw = body.take_raw();
     let status = parts.status;
     let no_body = facts.head_request
         || status.is_informational()
@@ -437,6 +438,19 @@ where
         out.extend_from_slice(b"\r\n");
     }
     let mut dated = false;
+    // A provider's fields as received hold nothing hop-by-hop (or they would have
+    // been put in the map), so only framing and the date concern them here.
+    for (name, value) in raw.iter().flat_map(RawFields::iter) {
+        dated |= name.eq_ignore_ascii_case(b"date");
+        let ours = name.eq_ignore_ascii_case(b"transfer-encoding")
+            || name.eq_ignore_ascii_case(b"connection")
+            || (name.eq_ignore_ascii_case(b"content-length")
+                && !(facts.head_request || status == StatusCode::NOT_MODIFIED))
+            || (cx.alt_svc.is_some() && name.eq_ignore_ascii_case(b"alt-svc"));
+        if !ours {
+            push_field(out, name, value);
+        }
+    }
     for (name, value) in &parts.headers {
         // Framing and connection management are this hop's own; a HEAD response
         // keeps the length the GET would have had.

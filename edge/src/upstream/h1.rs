@@ -28,9 +28,10 @@ use tokio::time::{Instant, Sleep};
 use super::UpstreamIo;
 use crate::body::{BoxError, ProxyBody};
 use crate::codec::{
-    DecodeError, Decoder, Framing, Span, Step, has_token, header_map, poll_fill, poll_write_all, push_field,
-    push_last_chunk, recycle,
+    DecodeError, Decoder, Framing, RawFields, Span, Step, has_token, header_map, poll_fill, poll_write_all, push_field,
+    push_last_chunk, recycle, recycled_map,
 };
+use crate::headers;
 
 /// Longest response head accepted from a provider.
 const MAX_HEAD: usize = 64 * 1024;
@@ -190,6 +191,7 @@ pub(super) async fn exchange<P: Release>(
         decoder: Decoder::new(head.framing),
         reusable,
         pool: Some(pool),
+        raw: head.raw,
     };
     if body.decoder.is_end() {
         body.finish();
@@ -406,7 +408,11 @@ fn consume(out: &mut Vec<Bytes>, mut n: usize) {
 struct Head {
     status: StatusCode,
     version: Version,
+    /// Empty when the fields stay `raw`.
     headers: HeaderMap,
+    /// The fields as received, when no hop-by-hop field or `Via` needs them
+    /// rewritten: they go to an HTTP/1.1 client as they are.
+    raw: Option<RawFields>,
     framing: Framing,
     keep_alive: bool,
 }
@@ -473,8 +479,10 @@ fn parse_response(buf: &mut BytesMut, head_request: bool) -> Result<Option<Parse
     let mut coded = false;
     let mut close = version == Version::HTTP_10;
     let mut doubtful = false;
+    let mut plain = true;
     for (span, field) in spans.iter_mut().zip(resp.headers.iter()) {
         *span = Span::of(buf, field);
+        plain &= !headers::needs_rewrite(field.name.as_bytes());
         let raw = field.value;
         if field.name.eq_ignore_ascii_case("content-length") {
             let n = std::str::from_utf8(raw)
@@ -506,7 +514,14 @@ fn parse_response(buf: &mut BytesMut, head_request: bool) -> Result<Option<Parse
     }
     // Field values become slices of the head (no copies).
     let head = buf.split_to(len).freeze();
-    let mut headers = header_map(&head, spans, 4).map_err(|e| H1Error::Invalid(e.0))?;
+    // httparse admits exactly the name and value bytes a header map does, so the
+    // raw fields are as checked as the map would be.
+    let (mut headers, raw) = if plain {
+        // The map holds what this edge adds (`Via`, perhaps an explanation).
+        (recycled_map(2), Some(RawFields::new(head, spans)))
+    } else {
+        (header_map(&head, spans, 4).map_err(|e| H1Error::Invalid(e.0))?, None)
+    };
     let no_body = head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
     let framing = if no_body {
         Framing::Empty
@@ -527,6 +542,7 @@ fn parse_response(buf: &mut BytesMut, head_request: bool) -> Result<Option<Parse
         status,
         version,
         headers,
+        raw,
         framing,
         keep_alive: !close && !doubtful,
     })))
@@ -540,6 +556,8 @@ pub(super) struct H1Body<P: Release> {
     decoder: Decoder,
     reusable: bool,
     pool: Option<P>,
+    /// The response's fields, when they were left as received.
+    raw: Option<RawFields>,
 }
 
 impl<P: Release> std::fmt::Debug for H1Body<P> {
@@ -551,6 +569,16 @@ impl<P: Release> std::fmt::Debug for H1Body<P> {
 }
 
 impl<P: Release> H1Body<P> {
+    /// The response's fields as received, when the head's header map was left
+    /// empty for them.
+    pub(super) fn take_raw(&mut self) -> Option<RawFields> {
+        self.raw.take()
+    }
+
+    pub(super) fn raw(&self) -> Option<&RawFields> {
+        self.raw.as_ref()
+    }
+
     /// The message is complete: hand the connection back if it may be reused.
     fn finish(&mut self) {
         if let (Some(conn), Some(pool)) = (self.conn.take(), self.pool.take()) {

@@ -26,11 +26,25 @@ use tokio::time::Instant;
 use super::h1::{self, Conn, H1Body, Release};
 use super::{Connector, SendFailure, UpstreamError};
 use crate::body::ProxyBody;
+use crate::codec::RawFields;
 
 /// A provider's HTTP/1.1 response body, read from its connection, which goes back
 /// to the pool when the body ends cleanly.
 #[derive(Debug)]
 pub struct InlineBody(H1Body<Arc<InlinePool>>);
+
+impl InlineBody {
+    /// The response's fields as received, when its header map was left empty for
+    /// them.
+    pub fn take_raw(&mut self) -> Option<RawFields> {
+        self.0.take_raw()
+    }
+
+    /// The same, left in place.
+    pub fn raw(&self) -> Option<&RawFields> {
+        self.0.raw()
+    }
+}
 
 impl Body for InlineBody {
     type Data = Bytes;
@@ -180,9 +194,14 @@ impl InlinePool {
 
     fn checkin(&self, conn: Conn) {
         if let Ok(mut idle) = self.idle.lock() {
-            // Oldest first: drop what has expired, keep the list bounded.
+            // Oldest first (check-ins push, checkouts pop the newest), so what has
+            // expired is a prefix: usually empty, which the oldest entry tells.
             let now = Instant::now();
-            idle.retain(|i| now.saturating_duration_since(i.since) < self.idle_timeout);
+            let expired = |i: &Idle| now.saturating_duration_since(i.since) >= self.idle_timeout;
+            if idle.first().is_some_and(expired) {
+                let n = idle.partition_point(expired);
+                idle.drain(..n);
+            }
             if idle.len() < self.max_idle {
                 idle.push(Idle { conn, since: now });
             }
@@ -210,5 +229,69 @@ fn failure(failed: h1::Failed) -> SendFailure {
     SendFailure {
         error,
         unsent: failed.unsent,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use hyper_util::rt::TokioIo;
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio::sync::Semaphore;
+
+    use super::*;
+    use crate::upstream::{ConnectorInner, Stream, UpstreamIo};
+
+    /// A connection to a listener that accepts and holds it.
+    async fn conn(listener: &TcpListener, addr: SocketAddr, permits: &Arc<Semaphore>) -> (Conn, TcpStream) {
+        let (client, server) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        let io = UpstreamIo {
+            io: TokioIo::new(Stream::Plain(client.unwrap())),
+            h2: false,
+            _permit: permits.clone().try_acquire_owned().unwrap(),
+        };
+        (Conn::new(io), server.unwrap().0)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_connections_past_their_timeout_are_let_go_at_the_next_check_in() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let permits = Arc::new(Semaphore::new(8));
+        let connector = Connector(Arc::new(ConnectorInner {
+            address: addr.to_string(),
+            source: None,
+            tls: None,
+            h2: false,
+            timeout: Duration::from_secs(1),
+            permits: permits.clone(),
+        }));
+        let pool = InlinePool::new(connector, 8, Duration::from_secs(10));
+        let idle = |pool: &InlinePool| pool.idle.lock().unwrap().len();
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            let (c, s) = conn(&listener, addr, &permits).await;
+            held.push(s);
+            pool.checkin(c);
+        }
+        tokio::time::advance(Duration::from_secs(6)).await;
+        let (c, s) = conn(&listener, addr, &permits).await;
+        held.push(s);
+        pool.checkin(c);
+        assert_eq!(idle(&pool), 3, "none had been idle for 10 s yet");
+        // The first two are now 11 s old, the third 5 s.
+        tokio::time::advance(Duration::from_secs(5)).await;
+        let (c, s) = conn(&listener, addr, &permits).await;
+        held.push(s);
+        pool.checkin(c);
+        assert_eq!(idle(&pool), 2, "the two oldest expired");
+        // Checkout takes the newest, and never an expired one.
+        assert!(pool.checkout(Instant::now()).is_some());
+        tokio::time::advance(Duration::from_secs(6)).await;
+        assert!(
+            pool.checkout(Instant::now()).is_none(),
+            "the last one had been idle 11 s"
+        );
     }
 }

@@ -23,6 +23,17 @@ impl Release for Sink {
     }
 }
 
+/// A response's fields, wherever the codec left them: raw, or in the header map.
+fn fields_of<P: Release>(resp: &mut Response<H1Body<P>>) -> HeaderMap {
+    match resp.body_mut().take_raw() {
+        Some(raw) => {
+            assert!(resp.headers().is_empty(), "raw fields and a map at once");
+            raw.to_map(0).unwrap()
+        }
+        None => resp.headers().clone(),
+    }
+}
+
 impl Sink {
     fn take(&self) -> Option<Conn> {
         self.0.lock().unwrap().pop()
@@ -98,9 +109,9 @@ async fn a_sized_response_is_read_and_its_connection_reused() {
         head
     });
     assert_eq!(head, "GET /a?b=1 HTTP/1.1\r\nhost: p\r\n\r\n");
-    let resp = resp.unwrap();
+    let mut resp = resp.unwrap();
     assert_eq!(resp.status(), 200);
-    assert_eq!(resp.headers().get_all("x-thing").iter().count(), 2);
+    assert_eq!(fields_of(&mut resp).get_all("x-thing").iter().count(), 2);
     assert_eq!(resp.body().size_hint().exact(), Some(5));
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(body, "hello");
@@ -132,8 +143,8 @@ async fn chunked_responses_are_decoded_with_extensions_and_trailers() {
 async fn length_and_chunked_together_are_decoded_as_chunked_and_never_reused() {
     let wire = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n";
     let (resp, sink, _p) = respond(wire, get("/")).await;
-    let resp = resp.unwrap();
-    assert!(resp.headers().get(header::CONTENT_LENGTH).is_none());
+    let mut resp = resp.unwrap();
+    assert!(fields_of(&mut resp).get(header::CONTENT_LENGTH).is_none());
     assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "ok");
     assert!(
         sink.take().is_none(),
@@ -172,9 +183,9 @@ async fn informational_responses_are_skipped_and_head_has_no_body() {
     let mut req = get("/");
     *req.method_mut() = Method::HEAD;
     let (resp, sink, _p) = respond(wire, req).await;
-    let resp = resp.unwrap();
+    let mut resp = resp.unwrap();
     assert_eq!(resp.status(), 200);
-    assert_eq!(resp.headers()[header::CONTENT_LENGTH], "1000");
+    assert_eq!(fields_of(&mut resp)[header::CONTENT_LENGTH], "1000");
     assert!(resp.body().is_end_stream());
     assert!(sink.take().is_some());
 }
@@ -385,10 +396,11 @@ async fn heads_with_many_fields_parse_up_to_the_limit() {
         let wire: &'static [u8] = Box::leak(wire.into_boxed_slice());
         let (resp, _, _p) = respond(wire, get("/")).await;
         match resp {
-            Ok(r) => {
+            Ok(mut r) => {
                 assert!(ok, "{fields} fields accepted");
-                assert_eq!(r.headers().len(), fields);
-                assert_eq!(r.headers()["x-f39"], "v39");
+                let map = fields_of(&mut r);
+                assert_eq!(map.len(), fields);
+                assert_eq!(map["x-f39"], "v39");
             }
             Err(f) => assert!(!ok && matches!(f.error, H1Error::Invalid(_)), "{fields}: {}", f.error),
         }
@@ -421,4 +433,34 @@ async fn no_head_by_the_deadline_is_a_timeout_and_the_timer_is_kept_for_reuse() 
         read_head(&mut provider).await;
     });
     assert!(matches!(resp.unwrap_err().error, H1Error::Timeout));
+}
+
+#[tokio::test]
+async fn plain_fields_stay_as_received_and_rewritable_ones_go_to_the_map() {
+    // Nothing hop-by-hop and no `Via`: the fields stay bytes, in the sender's case.
+    let wire = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Thing: One\r\n\r\nok";
+    let (resp, _, _p) = respond(wire, get("/")).await;
+    let mut resp = resp.unwrap();
+    assert!(resp.headers().is_empty());
+    let raw = resp.body_mut().take_raw().expect("raw fields");
+    let fields: Vec<(&[u8], &[u8])> = raw.iter().collect();
+    assert_eq!(
+        fields,
+        [(&b"Content-Length"[..], &b"2"[..]), (&b"X-Thing"[..], &b"One"[..])]
+    );
+    assert_eq!(raw.get("x-thing"), Some(&b"One"[..]));
+    // Any field this edge must rewrite puts the head in the map, as before.
+    for field in [
+        "Connection: keep-alive",
+        "Via: 1.1 cache",
+        "Keep-Alive: timeout=5",
+        "Upgrade: h2c",
+    ] {
+        let wire = format!("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n{field}\r\n\r\nok");
+        let wire: &'static [u8] = Box::leak(wire.into_bytes().into_boxed_slice());
+        let (resp, _, _p) = respond(wire, get("/")).await;
+        let mut resp = resp.unwrap();
+        assert!(resp.body_mut().take_raw().is_none(), "{field}");
+        assert_eq!(resp.headers()[header::CONTENT_LENGTH], "2", "{field}");
+    }
 }
