@@ -306,6 +306,16 @@ impl RawFields {
             .map(|(_, v)| v)
     }
 
+    /// The first value of `name` (lower case) as a header value sharing the head's
+    /// bytes; `None` when absent or not a valid value.
+    pub fn value(&self, name: &str) -> Option<HeaderValue> {
+        let s = self.spans.iter().find(|s| {
+            self.head[s.name.0 as usize..(s.name.0 + s.name.1) as usize].eq_ignore_ascii_case(name.as_bytes())
+        })?;
+        let (vs, vl) = (s.value.0 as usize, s.value.1 as usize);
+        HeaderValue::from_maybe_shared(self.head.slice(vs..vs + vl)).ok()
+    }
+
     /// The fields as a header map, with room for `extra` more.
     pub fn to_map(&self, extra: usize) -> Result<HeaderMap, DecodeError> {
         header_map(&self.head, &self.spans, extra)

@@ -11,6 +11,8 @@ use std::net::IpAddr;
 use http::Version;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
+use crate::codec::{DecodeError, RawFields, push_field, recycle};
+
 /// `X-Forwarded-For`.
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 /// `X-Forwarded-Proto`.
@@ -39,13 +41,28 @@ pub fn is_hop_by_hop(name: &HeaderName) -> bool {
     fixed_hop_by_hop().contains(&name)
 }
 
-/// [`is_hop_by_hop`] for a name as received, in any case; `Via` counts too, since a
-/// message carrying it needs this edge's element merged into it.
-pub fn needs_rewrite(name: &[u8]) -> bool {
-    fixed_hop_by_hop()
+/// [`is_hop_by_hop`] for a name as received, in any case.
+pub fn is_hop_by_hop_name(name: &[u8]) -> bool {
+    // By length first: most names are ruled out without comparing a byte.
+    let candidates: &[&[u8]] = match name.len() {
+        2 => &[b"te"],
+        7 => &[b"upgrade"],
+        10 => &[b"connection", b"keep-alive"],
+        16 => &[b"proxy-connection"],
+        17 => &[b"transfer-encoding"],
+        18 => &[b"proxy-authenticate"],
+        19 => &[b"proxy-authorization"],
+        _ => return false,
+    };
+    candidates.iter().any(|c| c.eq_ignore_ascii_case(name))
+}
+
+/// Whether `name` (any case) is `Via` or a forwarding field: ones this edge merges
+/// with or replaces.
+pub fn is_trail(name: &[u8]) -> bool {
+    [&header::VIA, &X_FORWARDED_FOR, &X_FORWARDED_PROTO, &header::FORWARDED]
         .into_iter()
-        .chain([&header::VIA])
-        .any(|h| h.as_str().len() == name.len() && h.as_str().as_bytes().eq_ignore_ascii_case(name))
+        .any(|h| h.as_str().as_bytes().eq_ignore_ascii_case(name))
 }
 
 /// Removes hop-by-hop fields, including every field that `Connection` names.
@@ -150,6 +167,63 @@ fn append_or_replace(headers: &mut HeaderMap, name: &HeaderName, value: &HeaderV
     }
 }
 
+/// A request's fields passed through as received: the client's, from an untrusted
+/// peer and holding nothing this edge drops, merges or reads, followed when written
+/// by what this edge adds (the forwarding trail, `Via`). The request's header map
+/// holds what routing sets (`Host`, which replaces the client's).
+///
+/// It spares a request on the common path a header map built only to be written
+/// out again; anything else goes through the map.
+#[derive(Debug)]
+pub struct Passed<'a> {
+    /// The client's fields.
+    pub fields: RawFields,
+    /// The client's trail elements.
+    pub trail: &'a Trail,
+    /// This edge's `Via` element.
+    pub via: &'a HeaderValue,
+}
+
+impl Passed<'_> {
+    /// Writes the fields that follow the map's: the client's but `Host`, the trail,
+    /// `Via`.
+    pub fn write(&self, out: &mut Vec<u8>) {
+        for (name, value) in self.fields.iter() {
+            if !name.eq_ignore_ascii_case(b"host") {
+                push_field(out, name, value);
+            }
+        }
+        push_field(
+            out,
+            X_FORWARDED_FOR.as_str().as_bytes(),
+            self.trail.for_value.as_bytes(),
+        );
+        push_field(out, X_FORWARDED_PROTO.as_str().as_bytes(), self.trail.proto.as_bytes());
+        push_field(out, b"forwarded", self.trail.forwarded.as_bytes());
+        push_field(out, b"via", self.via.as_bytes());
+    }
+
+    /// The same fields added to `headers` instead, for a protocol that needs a map.
+    pub fn merge_into(&self, headers: &mut HeaderMap) -> Result<(), DecodeError> {
+        let client = self.fields.to_map(0)?;
+        for (name, value) in &client {
+            if name != header::HOST {
+                headers.append(name.clone(), value.clone());
+            }
+        }
+        recycle(client);
+        set_forwarding(
+            headers,
+            Hop {
+                trail: self.trail,
+                trusted: false,
+            },
+        );
+        headers.append(header::VIA, self.via.clone());
+        Ok(())
+    }
+}
+
 /// The `Via` element this edge adds for each protocol version, built once per
 /// config snapshot so the common case (no incoming `Via`) costs no allocation.
 #[derive(Debug, Clone)]
@@ -175,7 +249,8 @@ impl ViaValues {
         }
     }
 
-    fn for_version(&self, version: Version) -> &HeaderValue {
+    /// The element for a message received as `version`.
+    pub fn for_version(&self, version: Version) -> &HeaderValue {
         match version {
             Version::HTTP_10 | Version::HTTP_09 => &self.v10,
             Version::HTTP_2 => &self.v2,
@@ -236,6 +311,20 @@ mod tests {
         assert!(strip_hop_by_hop(&mut h));
         let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(left, ["trailer", "x-end-to-end"]);
+    }
+
+    #[test]
+    fn names_as_received_are_judged_like_header_names() {
+        for name in fixed_hop_by_hop() {
+            assert!(is_hop_by_hop_name(name.as_str().as_bytes()), "{name}");
+            assert!(
+                is_hop_by_hop_name(name.as_str().to_ascii_uppercase().as_bytes()),
+                "{name}"
+            );
+        }
+        for other in ["host", "trailer", "content-length", "x-te", "tee", "proxy-connections"] {
+            assert!(!is_hop_by_hop_name(other.as_bytes()), "{other}");
+        }
     }
 
     #[test]

@@ -193,7 +193,7 @@ impl Listener {
             // Boxed: hyper moves the service's future into its connection state, and
             // a request's future is kilobytes; a pointer is cheaper to move.
             Box::pin(async move {
-                let mut resp = proxy.handle(req, &info).await?;
+                let mut resp = proxy.handle(req, None, &info).await?;
                 if let Some(v) = alt_svc {
                     resp.headers_mut().insert(http::header::ALT_SVC, v);
                 }

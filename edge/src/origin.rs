@@ -46,7 +46,9 @@ pub struct RequestFacts<'a> {
     pub host: Option<&'a str>,
     /// Request path.
     pub path: &'a str,
-    /// Request headers as received.
+    /// Request headers as received. Read only for trusted peers, whose requests
+    /// always have their fields in the map (an untrusted peer's HTTP/1.1 fields may
+    /// pass without one, the map then empty).
     pub headers: &'a HeaderMap,
     /// The TCP peer.
     pub peer: IpAddr,

@@ -26,10 +26,10 @@ use http_body_util::BodyExt;
 use meridian_proto::Protocol;
 
 use crate::body::{BoxError, CountedBody, ProxyBody, ResponseBody, TimedBody};
-use crate::codec;
+use crate::codec::{self, RawFields};
 use crate::config::{Forwarding, HedgingConfig, canonical_ip};
 use crate::conn::ConnState;
-use crate::headers::{self, Hop, Trail, ViaValues};
+use crate::headers::{self, Hop, Passed, Trail, ViaValues};
 use crate::origin::{Origin, RequestFacts};
 use crate::record;
 use crate::respond::Refusal;
@@ -122,7 +122,14 @@ impl Proxy {
     }
 
     /// Handles one request. Never fails: every failure becomes an answer.
-    pub async fn handle<B>(&self, req: Request<B>, conn: &ConnInfo) -> Result<Response<ResponseBody>, Infallible>
+    /// `raw` holds an HTTP/1.1 request's fields as received (its header map is
+    /// then empty); other protocols give `None`.
+    pub async fn handle<B>(
+        &self,
+        req: Request<B>,
+        raw: Option<RawFields>,
+        conn: &ConnInfo,
+    ) -> Result<Response<ResponseBody>, Infallible>
     where
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
@@ -134,7 +141,7 @@ impl Proxy {
         let snap = self.snapshot.load_full();
         let method = req.method().clone();
         let version = req.version();
-        match forward(&snap, &self.learned, req, conn, started).await {
+        match forward(&snap, &self.learned, req, raw, conn, started).await {
             Ok(Forwarded {
                 response,
                 target,
@@ -235,6 +242,7 @@ async fn forward<B>(
     snap: &Snapshot,
     learned: &Learned,
     req: Request<B>,
+    raw: Option<RawFields>,
     conn: &ConnInfo,
     started: Instant,
 ) -> Result<Forwarded, Refused>
@@ -258,17 +266,37 @@ where
 
     let (mut parts, body) = req.into_parts();
     let client_version = parts.version;
+    let peer = conn.trail.peer;
+    let trusted = snap.forwarding.is_trusted(peer);
+    let claim = snap.routing.origin().header();
+    // HTTP/1.1 fields come as received: they pass so when nothing in them is for
+    // this edge to read, drop or merge, and a trusted peer's never do (its claims
+    // and trail are read); otherwise they go into the map like any other request's.
+    let (seen, passing) = match raw {
+        Some(fields) => {
+            let seen = Seen::of_raw(&fields, claim);
+            if trusted || seen.edge_only || seen.hop_by_hop || seen.trail {
+                let map = fields.to_map(6).map_err(|e| Refusal::BadRequest(e.0))?;
+                codec::recycle(std::mem::replace(&mut parts.headers, map));
+                (seen, None)
+            } else {
+                (seen, Some(fields))
+            }
+        }
+        None => (Seen::of(&parts.headers, claim), None),
+    };
     // HTTP/2 and HTTP/3 carry the host in the URI; HTTP/1.1 in the Host header.
-    let client_host = match parts.uri.authority() {
-        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
-        None => parts.headers.get(header::HOST).cloned(),
+    let client_host = match (parts.uri.authority(), &passing) {
+        (Some(a), _) => HeaderValue::from_str(a.as_str()).ok(),
+        (None, Some(fields)) => fields.value("host"),
+        (None, None) => parts.headers.get(header::HOST).cloned(),
     };
     let host_name = client_host
         .as_ref()
         .and_then(|h| h.to_str().ok())
         .map(host_without_port);
-    let peer = conn.trail.peer;
-    let trusted = snap.forwarding.is_trusted(peer);
+    // Passing fields are from an untrusted peer, whose headers the resolver never
+    // reads: the (then empty) map is all it needs.
     let origin = snap.routing.resolve(RequestFacts {
         host: host_name.as_deref(),
         path: parts.uri.path(),
@@ -276,38 +304,50 @@ where
         peer,
         trusted,
     });
-    let claim = snap.routing.origin().header();
-    let seen = Seen::of(&parts.headers, claim);
     let explain = trusted && seen.edge_only && parts.headers.get(&EXPLAIN).is_some_and(|v| v.as_bytes() == b"1");
     // GETs rarely announce their size: learn it per route (host and first segment).
     let size_key =
         (parts.method == Method::GET).then(|| SizeTable::key(host_name.as_deref().unwrap_or(""), parts.uri.path()));
-    let announced = if seen.size { expected_bytes(&parts.headers) } else { 0 };
+    let announced = match (&passing, seen.size) {
+        (_, false) => 0,
+        (Some(fields), true) => fields.get("content-length").and_then(parse_length).unwrap_or(0),
+        (None, true) => expected_bytes(&parts.headers),
+    };
     let bytes = match announced {
         0 => size_key.map_or(0, |k| learned.sizes.expected_at(k)),
         announced => announced,
     };
-    if seen.edge_only {
-        // Residency claims, explain requests and size hints are for this edge only,
-        // trusted or not. The edge runs the 100-continue exchange with the client
-        // itself: it asks for the body only once it is sending to a provider.
-        for name in [claim, &EXPLAIN, &SIZE_HINT, &header::EXPECT] {
-            parts.headers.remove(name);
-        }
-    }
-
-    let wants_trailers = seen.hop_by_hop && headers::strip_hop_by_hop(&mut parts.headers);
-    headers::set_forwarding(
-        &mut parts.headers,
-        Hop {
+    let passed = match passing {
+        Some(fields) => Some(Passed {
+            fields,
             trail: &conn.trail,
-            trusted,
-        },
-    );
-    headers::add_via(&mut parts.headers, client_version, &snap.via);
-    if wants_trailers {
-        parts.headers.insert(header::TE, HeaderValue::from_static("trailers"));
-    }
+            via: snap.via.for_version(client_version),
+        }),
+        None => {
+            if seen.edge_only {
+                // Residency claims, explain requests and size hints are for this
+                // edge only, trusted or not. The edge runs the 100-continue exchange
+                // with the client itself: it asks for the body only once it is
+                // sending to a provider.
+                for name in [claim, &EXPLAIN, &SIZE_HINT, &header::EXPECT] {
+                    parts.headers.remove(name);
+                }
+            }
+            let wants_trailers = seen.hop_by_hop && headers::strip_hop_by_hop(&mut parts.headers);
+            headers::set_forwarding(
+                &mut parts.headers,
+                Hop {
+                    trail: &conn.trail,
+                    trusted,
+                },
+            );
+            headers::add_via(&mut parts.headers, client_version, &snap.via);
+            if wants_trailers {
+                parts.headers.insert(header::TE, HeaderValue::from_static("trailers"));
+            }
+            None
+        }
+    };
 
     let received = (!body.is_end_stream()).then(|| Arc::new(AtomicU64::new(0)));
     let body = TimedBody::new(body, snap.body_idle).map_err(|e| -> BoxError { Box::new(e) });
@@ -345,13 +385,13 @@ where
                 origin,
                 bytes,
                 target,
-                req,
+                (req, passed.as_ref()),
                 after,
                 client_host.clone(),
             ))
             .await
         } else {
-            let result = upstream::send(&target, req, decided).await;
+            let result = upstream::send(&target, req, passed.as_ref(), decided).await;
             (target, decided, result)
         };
         match result {
@@ -380,13 +420,9 @@ where
                     }
                     false
                 };
+                // The body's framing knows its length when the response announced one.
                 if let (Some(key), true) = (size_key, parts.status.is_success()) {
-                    let length = match body.raw() {
-                        Some(fields) => fields.get("content-length"),
-                        None => parts.headers.get(header::CONTENT_LENGTH).map(HeaderValue::as_bytes),
-                    };
-                    let length = length.and_then(|v| std::str::from_utf8(v).ok());
-                    if let Some(n) = length.and_then(|v| v.trim().parse::<u64>().ok()) {
+                    if let Some(n) = body.size_hint().exact() {
                         learned.sizes.learn_at(key, n);
                     }
                 }
@@ -435,6 +471,8 @@ struct Seen {
     size: bool,
     /// A hop-by-hop field.
     hop_by_hop: bool,
+    /// `Via` or a forwarding field, which this edge merges with or replaces.
+    trail: bool,
 }
 
 impl Seen {
@@ -450,10 +488,38 @@ impl Seen {
                 seen.edge_only = true;
             } else if headers::is_hop_by_hop(name) {
                 seen.hop_by_hop = true;
+            } else if headers::is_trail(name.as_str().as_bytes()) {
+                seen.trail = true;
             }
         }
         seen
     }
+
+    /// The same for fields as received (names in any case).
+    fn of_raw(fields: &RawFields, claim: &HeaderName) -> Self {
+        let is = |name: &[u8], known: &HeaderName| known.as_str().as_bytes().eq_ignore_ascii_case(name);
+        let mut seen = Seen::default();
+        for (name, _) in fields.iter() {
+            if is(name, &header::CONTENT_LENGTH) {
+                seen.size = true;
+            } else if is(name, &SIZE_HINT) {
+                seen.size = true;
+                seen.edge_only = true;
+            } else if is(name, claim) || is(name, &EXPLAIN) || is(name, &header::EXPECT) {
+                seen.edge_only = true;
+            } else if headers::is_hop_by_hop_name(name) {
+                seen.hop_by_hop = true;
+            } else if headers::is_trail(name) {
+                seen.trail = true;
+            }
+        }
+        seen
+    }
+}
+
+/// A length field's value.
+fn parse_length(v: &[u8]) -> Option<u64> {
+    std::str::from_utf8(v).ok()?.trim().parse().ok()
 }
 
 /// How long to wait for the first provider before hedging: the configured quantile
@@ -473,7 +539,7 @@ async fn send_hedged(
     origin: Origin,
     bytes: u64,
     first: Target,
-    req: Request<ProxyBody>,
+    (req, passed): (Request<ProxyBody>, Option<&Passed<'_>>),
     after: Duration,
     client_host: Option<HeaderValue>,
 ) -> (Target, Instant, Result<Response<UpstreamBody>, upstream::SendFailure>) {
@@ -483,7 +549,7 @@ async fn send_hedged(
     *copy.version_mut() = req.version();
     *copy.headers_mut() = req.headers().clone();
     let first_sent = Instant::now();
-    let primary = upstream::send(&first, req, first_sent);
+    let primary = upstream::send(&first, req, passed, first_sent);
     tokio::pin!(primary);
     tokio::select! {
         r = &mut primary => return (first.clone_for_hedge(), first_sent, r),
@@ -499,7 +565,7 @@ async fn send_hedged(
         }
     };
     let second_sent = Instant::now();
-    let backup = upstream::send(&second, copy, second_sent);
+    let backup = upstream::send(&second, copy, passed, second_sent);
     tokio::pin!(backup);
     let (first_won, r) = tokio::select! {
         r = &mut primary => (true, r),
@@ -566,11 +632,7 @@ fn aim(req: &mut Request<ProxyBody>, target: &Target, client_host: Option<Header
 /// Bytes the request is expected to move: the upload's `Content-Length`, else the
 /// client's size hint, else 0 (small: latency decides).
 fn expected_bytes(h: &http::HeaderMap) -> u64 {
-    let num = |n: &HeaderName| {
-        h.get(n)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-    };
+    let num = |n: &HeaderName| h.get(n).and_then(|v| parse_length(v.as_bytes()));
     num(&header::CONTENT_LENGTH).or_else(|| num(&SIZE_HINT)).unwrap_or(0)
 }
 

@@ -31,6 +31,9 @@ pub enum Refusal {
     /// The provider failed before a response started.
     #[error("{0}")]
     Upstream(UpstreamError),
+    /// A request head the edge could not take (a field no header map holds).
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
     /// An unsafe method in TLS early data, which an attacker could replay.
     #[error("unsafe method in early data; retry after the handshake")]
     TooEarly,
@@ -43,6 +46,7 @@ impl Refusal {
         match self {
             Refusal::Framing(_) => (StatusCode::BAD_REQUEST, "bad_framing", true),
             Refusal::UriTooLong => (StatusCode::URI_TOO_LONG, "uri_too_long", true),
+            Refusal::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request", true),
             Refusal::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", false),
             Refusal::NoRoute(RouteError::Denied { .. }) => {
                 (StatusCode::UNAVAILABLE_FOR_LEGAL_REASONS, "residency_denied", false)

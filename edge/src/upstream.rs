@@ -36,6 +36,7 @@ mod inline;
 
 use crate::codec::RawFields;
 use crate::config::UpstreamConfig;
+use crate::headers::Passed;
 use crate::route::Target;
 use crate::runtime::current_worker;
 use crate::tls::{TlsError, client_config};
@@ -323,9 +324,13 @@ impl From<UpstreamError> for SendFailure {
 /// Sends `req` to the provider routing chose and waits for the response head, at
 /// most the provider's response timeout from `now` (the caller's clock reading,
 /// microseconds old).
+///
+/// `passed` are fields that follow the request's map on the wire (see
+/// [`Passed`]); HTTP/2 takes them into the map.
 pub async fn send(
     target: &Target,
-    req: Request<ProxyBody>,
+    mut req: Request<ProxyBody>,
+    passed: Option<&Passed<'_>>,
     now: tokio::time::Instant,
 ) -> Result<Response<UpstreamBody>, SendFailure> {
     let pool = target.pool();
@@ -335,10 +340,15 @@ pub async fn send(
     match &pool.workers {
         // HTTP/1.1 keeps its deadline timer with the connection (see `h1`).
         Workers::H1(pools) => pools[w % pools.len()]
-            .send(req, now, deadline)
+            .send(req, passed, now, deadline)
             .await
             .map(|r| r.map(UpstreamBody::H1)),
         Workers::H2(clients) => {
+            if let Some(passed) = passed {
+                passed
+                    .merge_into(req.headers_mut())
+                    .map_err(|e| UpstreamError::Exchange(format!("invalid request field: {}", e.0)))?;
+            }
             // Boxed so HTTP/1.1 requests do not carry the HTTP/2 client's future.
             let exchange = Box::pin(clients[w % clients.len()].request(req));
             match tokio::time::timeout_at(deadline, exchange).await {

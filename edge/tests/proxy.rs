@@ -374,6 +374,52 @@ async fn http2_clients_reach_http1_and_http2_providers() {
 }
 
 #[tokio::test]
+async fn http1_fields_reach_either_provider_protocol_once_with_the_trail_and_via() {
+    let p = provider("p1").await;
+    for proto in ["http1", "http2"] {
+        let toml = config_toml(p.addr, false, "").replace(
+            "[fleet.providers.endpoint]",
+            &format!("protocol = \"{proto}\"\n[fleet.providers.endpoint]"),
+        );
+        let e = edge(&toml, std::path::Path::new(".")).await;
+        let mut c = h1(e.http_addr.unwrap()).await;
+        let r = c
+            .send_request(
+                Request::post("/_sim/echo")
+                    .header("host", "x")
+                    .header("X-End-To-End", "kept")
+                    .header("x-twice", "1")
+                    .header("x-twice", "2")
+                    .header("content-length", "3")
+                    .body(Body::from("abc"))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{proto}");
+        let doc = echo_json(r).await;
+        assert_eq!(doc["body_bytes"], 3, "{proto}: {doc}");
+        assert_eq!(echoed(&doc, "x-end-to-end"), ["kept"], "{proto}: {doc}");
+        assert_eq!(echoed(&doc, "x-twice"), ["1", "2"], "{proto}: {doc}");
+        assert_eq!(echoed(&doc, "x-forwarded-for"), ["127.0.0.1"], "{proto}: {doc}");
+        assert_eq!(echoed(&doc, "x-forwarded-proto"), ["http"], "{proto}: {doc}");
+        assert_eq!(
+            echoed(&doc, "forwarded"),
+            ["for=127.0.0.1;proto=http"],
+            "{proto}: {doc}"
+        );
+        assert_eq!(echoed(&doc, "via"), ["1.1 meridian"], "{proto}: {doc}");
+        if proto == "http1" {
+            assert_eq!(echoed(&doc, "host"), ["x"], "{doc}");
+            assert_eq!(echoed(&doc, "content-length"), ["3"], "{doc}");
+        } else {
+            assert_eq!(doc["version"], "HTTP/2.0", "{doc}");
+            assert!(echoed(&doc, "host").is_empty(), "the host travels as :authority: {doc}");
+        }
+    }
+}
+
+#[tokio::test]
 async fn an_upload_cut_off_by_the_client_is_not_stored() {
     let p = provider("p1").await;
     let e = edge(&config_toml(p.addr, false, ""), std::path::Path::new(".")).await;

@@ -32,8 +32,8 @@ use tokio::time::Instant;
 
 use crate::body::ResponseBody;
 use crate::codec::{
-    DecodeError, Decoder, Framing, RawFields, Span, Step, has_token, header_map, poll_fill, poll_write_all, push_field,
-    push_last_chunk, recycle,
+    DecodeError, Decoder, Framing, RawFields, Span, Step, has_token, poll_fill, poll_write_all, push_field,
+    push_last_chunk, recycle, recycled_map,
 };
 use crate::config::Limits;
 use crate::conn::{Check, DrainNotice, DrainWatch};
@@ -49,6 +49,8 @@ const STACK_SPANS: usize = 32;
 /// Data frames up to this size are copied next to their framing and written in one
 /// go; larger ones are written straight from their buffer.
 const COALESCE: usize = 16 * 1024;
+/// Longest field name a header map takes.
+const MAX_NAME: usize = u16::MAX as usize;
 /// Bytes asked of the socket per read.
 const READ_CHUNK: usize = 16 * 1024;
 
@@ -135,8 +137,9 @@ where
                 *req.method_mut() = head.method;
                 *req.uri_mut() = head.uri;
                 *req.version_mut() = head.version;
-                *req.headers_mut() = head.headers;
-                let handled = cx.proxy.handle(req, &cx.info);
+                // Empty but for what routing sets (`Host`): the fields are raw.
+                *req.headers_mut() = recycled_map(2);
+                let handled = cx.proxy.handle(req, Some(head.fields), &cx.info);
                 match unless_client_leaves(&wire, handled, cx.limits.max_header_bytes as usize).await {
                     Some(Ok(resp)) => resp,
                     None => return,
@@ -197,7 +200,8 @@ struct Head {
     method: Method,
     uri: Uri,
     version: Version,
-    headers: http::HeaderMap,
+    /// As received: the proxy builds a header map only when it must.
+    fields: RawFields,
     framing: Result<BodyLen, FramingError>,
     keep_alive: bool,
     expect_continue: bool,
@@ -336,6 +340,10 @@ fn parse_head(buf: &mut BytesMut, max_head: usize, max_headers: usize) -> Result
     let (mut expect_continue, mut te_trailers) = (false, false);
     for (span, field) in spans.iter_mut().zip(req.headers.iter()) {
         *span = Span::of(buf, field);
+        // httparse admits the bytes a header map does, bar names past its length.
+        if field.name.len() > MAX_NAME {
+            return Err(HeadError::Malformed);
+        }
         if field.name.eq_ignore_ascii_case("connection") {
             if has_token(field.value, b"close") {
                 keep_alive = false;
@@ -363,13 +371,12 @@ fn parse_head(buf: &mut BytesMut, max_head: usize, max_headers: usize) -> Result
     if !form_ok {
         return Err(HeadError::Malformed);
     }
-    // Room for what the proxy adds: forwarding trail, `Via`, `TE`.
-    let headers = header_map(&head, spans, 6).map_err(|_| HeadError::Malformed)?;
+    let fields = RawFields::new(head, spans);
     Ok(Some(Head {
         method,
         uri,
         version,
-        headers,
+        fields,
         framing,
         keep_alive,
         expect_continue,

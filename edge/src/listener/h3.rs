@@ -300,7 +300,7 @@ async fn request(
         // The proxy serves only safe methods from early data.
         parts.extensions.insert(EarlyData);
     }
-    let response = match proxy.handle(Request::from_parts(parts, body), &info).await {
+    let response = match proxy.handle(Request::from_parts(parts, body), None, &info).await {
         Ok(r) => r,
         Err(never) => match never {},
     };

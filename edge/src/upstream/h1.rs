@@ -31,7 +31,7 @@ use crate::codec::{
     DecodeError, Decoder, Framing, RawFields, Span, Step, has_token, header_map, poll_fill, poll_write_all, push_field,
     push_last_chunk, recycle, recycled_map,
 };
-use crate::headers;
+use crate::headers::{self, Passed};
 
 /// Longest response head accepted from a provider.
 const MAX_HEAD: usize = 64 * 1024;
@@ -133,6 +133,7 @@ pub(super) trait Release: Send + Unpin + 'static {
 pub(super) async fn exchange<P: Release>(
     mut conn: Conn,
     req: Request<ProxyBody>,
+    passed: Option<&Passed<'_>>,
     pool: P,
     deadline: Instant,
 ) -> Result<Response<H1Body<P>>, Failed> {
@@ -144,7 +145,7 @@ pub(super) async fn exchange<P: Release>(
         None => Box::pin(tokio::time::sleep_until(deadline)),
     };
     let head_request = req.method() == Method::HEAD;
-    let upload = match encode_head(&req, &mut conn.head) {
+    let upload = match encode_head(&req, passed, &mut conn.head) {
         Framing::Empty => None,
         framing => Some(framing),
     };
@@ -259,10 +260,10 @@ fn empty() -> ProxyBody {
         .boxed_unsync()
 }
 
-/// Writes the request line and fields into `out` and returns the body's framing:
-/// the client's `Content-Length` when it gave one, the body's exact size when known,
-/// chunked otherwise.
-fn encode_head(req: &Request<ProxyBody>, out: &mut Vec<u8>) -> Framing {
+/// Writes the request line and fields (the map's, then `passed`) into `out` and
+/// returns the body's framing: the client's `Content-Length` when it gave one, the
+/// body's exact size when known, chunked otherwise.
+fn encode_head(req: &Request<ProxyBody>, passed: Option<&Passed<'_>>, out: &mut Vec<u8>) -> Framing {
     out.clear();
     out.extend_from_slice(req.method().as_str().as_bytes());
     out.push(b' ');
@@ -271,11 +272,16 @@ fn encode_head(req: &Request<ProxyBody>, out: &mut Vec<u8>) -> Framing {
     for (name, value) in req.headers() {
         push_field(out, name.as_str().as_bytes(), value.as_bytes());
     }
+    let declared = match passed {
+        Some(passed) => {
+            passed.write(out);
+            passed.fields.get("content-length")
+        }
+        None => req.headers().get(header::CONTENT_LENGTH).map(|v| v.as_bytes()),
+    };
     let body = req.body();
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
+    let declared = declared
+        .and_then(|v| std::str::from_utf8(v).ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
     let framing = match declared {
         // The HTTP/1.1 server's framing rules and the HTTP/2 and HTTP/3 codecs hold the body
@@ -482,7 +488,8 @@ fn parse_response(buf: &mut BytesMut, head_request: bool) -> Result<Option<Parse
     let mut plain = true;
     for (span, field) in spans.iter_mut().zip(resp.headers.iter()) {
         *span = Span::of(buf, field);
-        plain &= !headers::needs_rewrite(field.name.as_bytes());
+        // A hop-by-hop field is dropped, `Via` merged with: both need the map.
+        plain &= !(headers::is_hop_by_hop_name(field.name.as_bytes()) || field.name.eq_ignore_ascii_case("via"));
         let raw = field.value;
         if field.name.eq_ignore_ascii_case("content-length") {
             let n = std::str::from_utf8(raw)

@@ -27,6 +27,7 @@ use super::h1::{self, Conn, H1Body, Release};
 use super::{Connector, SendFailure, UpstreamError};
 use crate::body::ProxyBody;
 use crate::codec::RawFields;
+use crate::headers::Passed;
 
 /// A provider's HTTP/1.1 response body, read from its connection, which goes back
 /// to the pool when the body ends cleanly.
@@ -109,6 +110,7 @@ impl InlinePool {
     pub(crate) async fn send(
         self: &Arc<Self>,
         req: Request<ProxyBody>,
+        passed: Option<&Passed<'_>>,
         now: Instant,
         deadline: Instant,
     ) -> Result<Response<InlineBody>, SendFailure> {
@@ -121,7 +123,7 @@ impl InlinePool {
             Err(UpstreamError::ResponseTimeout) => return Err(UpstreamError::ResponseTimeout.into()),
             Err(e) => return Err(unsent(e, req)),
         };
-        let req = match h1::exchange(conn, req, self.clone(), deadline).await {
+        let req = match h1::exchange(conn, req, passed, self.clone(), deadline).await {
             Ok(resp) => return Ok(resp.map(InlineBody)),
             Err(h1::Failed {
                 error,
@@ -139,7 +141,7 @@ impl InlinePool {
             Err(UpstreamError::ResponseTimeout) => return Err(UpstreamError::ResponseTimeout.into()),
             Err(e) => return Err(unsent(e, req)),
         };
-        h1::exchange(conn, req, self.clone(), deadline)
+        h1::exchange(conn, req, passed, self.clone(), deadline)
             .await
             .map(|resp| resp.map(InlineBody))
             .map_err(failure)

@@ -89,7 +89,7 @@ async fn respond(
 ) -> (Result<Response<H1Body<Sink>>, Failed>, Sink, TcpStream) {
     let (conn, mut provider) = pair().await;
     let sink = Sink::default();
-    let (resp, _) = tokio::join!(exchange(conn, req, sink.clone(), far()), async {
+    let (resp, _) = tokio::join!(exchange(conn, req, None, sink.clone(), far()), async {
         read_head(&mut provider).await;
         provider.write_all(wire).await.unwrap();
     });
@@ -100,7 +100,7 @@ async fn respond(
 async fn a_sized_response_is_read_and_its_connection_reused() {
     let (conn, mut provider) = pair().await;
     let sink = Sink::default();
-    let (resp, head) = tokio::join!(exchange(conn, get("/a?b=1"), sink.clone(), far()), async {
+    let (resp, head) = tokio::join!(exchange(conn, get("/a?b=1"), None, sink.clone(), far()), async {
         let head = read_head(&mut provider).await;
         provider
             .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Thing: one\r\nx-thing: two\r\n\r\nhello")
@@ -118,7 +118,7 @@ async fn a_sized_response_is_read_and_its_connection_reused() {
 
     // Handed back at the message boundary, and good for another exchange.
     let conn = sink.take().expect("connection released");
-    let (resp, _) = tokio::join!(exchange(conn, get("/again"), sink.clone(), far()), async {
+    let (resp, _) = tokio::join!(exchange(conn, get("/again"), None, sink.clone(), far()), async {
         assert!(read_head(&mut provider).await.starts_with("GET /again "));
         provider.write_all(b"HTTP/1.1 204 No Content\r\n\r\n").await.unwrap();
     });
@@ -213,7 +213,7 @@ async fn a_body_cut_short_is_an_error_not_an_end() {
 #[tokio::test]
 async fn hostile_heads_and_chunks_are_refused() {
     let (conn, mut provider) = pair().await;
-    let (resp, _) = tokio::join!(exchange(conn, get("/"), Sink::default(), far()), async {
+    let (resp, _) = tokio::join!(exchange(conn, get("/"), None, Sink::default(), far()), async {
         read_head(&mut provider).await;
         let mut head = b"HTTP/1.1 200 OK\r\n".to_vec();
         while head.len() <= MAX_HEAD {
@@ -301,7 +301,7 @@ async fn uploads_are_framed_by_length_or_chunked_with_trailers() {
 /// 201. Returns the status and what the provider read.
 async fn send_upload(req: Request<ProxyBody>, body_len: usize) -> (StatusCode, String, String) {
     let (conn, mut provider) = pair().await;
-    let (resp, (head, body)) = tokio::join!(exchange(conn, req, Sink::default(), far()), async {
+    let (resp, (head, body)) = tokio::join!(exchange(conn, req, None, Sink::default(), far()), async {
         let head = read_head(&mut provider).await;
         let body = read_n(&mut provider, body_len).await;
         provider
@@ -327,9 +327,12 @@ async fn an_upload_that_breaks_its_length_or_fails_is_cut_off() {
         ),
     ] {
         let (conn, mut provider) = pair().await;
-        let (resp, _) = tokio::join!(exchange(conn, upload(frames, length), Sink::default(), far()), async {
-            read_head(&mut provider).await;
-        });
+        let (resp, _) = tokio::join!(
+            exchange(conn, upload(frames, length), None, Sink::default(), far()),
+            async {
+                read_head(&mut provider).await;
+            }
+        );
         let err = resp.unwrap_err();
         assert!(
             matches!(err.error, H1Error::RequestLength | H1Error::RequestBody(_)),
@@ -355,7 +358,7 @@ async fn an_early_response_ends_the_upload_and_the_connection() {
     let (conn, mut provider) = pair().await;
     let sink = Sink::default();
     tx.send(Ok(Frame::data(Bytes::from_static(b"first")))).await.unwrap();
-    let (resp, _) = tokio::join!(exchange(conn, req, sink.clone(), far()), async {
+    let (resp, _) = tokio::join!(exchange(conn, req, None, sink.clone(), far()), async {
         read_head(&mut provider).await;
         provider
             .write_all(b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 0\r\n\r\n")
@@ -411,7 +414,7 @@ async fn heads_with_many_fields_parse_up_to_the_limit() {
 async fn no_head_by_the_deadline_is_a_timeout_and_the_timer_is_kept_for_reuse() {
     let (conn, mut provider) = pair().await;
     let deadline = Instant::now() + std::time::Duration::from_millis(50);
-    let (resp, _) = tokio::join!(exchange(conn, get("/slow"), Sink::default(), deadline), async {
+    let (resp, _) = tokio::join!(exchange(conn, get("/slow"), None, Sink::default(), deadline), async {
         read_head(&mut provider).await;
     });
     let err = resp.unwrap_err();
@@ -421,7 +424,7 @@ async fn no_head_by_the_deadline_is_a_timeout_and_the_timer_is_kept_for_reuse() 
     // A connection that served one exchange moves its timer to the next deadline.
     let (conn, mut provider) = pair().await;
     let sink = Sink::default();
-    let (resp, _) = tokio::join!(exchange(conn, get("/1"), sink.clone(), far()), async {
+    let (resp, _) = tokio::join!(exchange(conn, get("/1"), None, sink.clone(), far()), async {
         read_head(&mut provider).await;
         provider.write_all(b"HTTP/1.1 204 No Content\r\n\r\n").await.unwrap();
     });
@@ -429,7 +432,7 @@ async fn no_head_by_the_deadline_is_a_timeout_and_the_timer_is_kept_for_reuse() 
     let conn = sink.take().unwrap();
     assert!(conn.timer.is_some());
     let deadline = Instant::now() + std::time::Duration::from_millis(50);
-    let (resp, _) = tokio::join!(exchange(conn, get("/2"), sink.clone(), deadline), async {
+    let (resp, _) = tokio::join!(exchange(conn, get("/2"), None, sink.clone(), deadline), async {
         read_head(&mut provider).await;
     });
     assert!(matches!(resp.unwrap_err().error, H1Error::Timeout));
@@ -463,4 +466,37 @@ async fn plain_fields_stay_as_received_and_rewritable_ones_go_to_the_map() {
         assert!(resp.body_mut().take_raw().is_none(), "{field}");
         assert_eq!(resp.headers()[header::CONTENT_LENGTH], "2", "{field}");
     }
+}
+
+#[test]
+fn passed_fields_follow_the_map_without_the_clients_host() {
+    let wire = b"GET / HTTP/1.1\r\nHost: client\r\nX-Thing: One\r\nContent-Length: 3\r\n\r\n";
+    let mut headers = [httparse::EMPTY_HEADER; 8];
+    let mut parsed = httparse::Request::new(&mut headers);
+    parsed.parse(wire).unwrap();
+    let spans: Vec<Span> = parsed.headers.iter().map(|f| Span::of(wire, f)).collect();
+    let trail = crate::headers::Trail::new("10.0.0.1".parse().unwrap(), "http");
+    let via = HeaderValue::from_static("1.1 meridian");
+    let passed = Passed {
+        fields: RawFields::new(Bytes::from_static(wire), &spans),
+        trail: &trail,
+        via: &via,
+    };
+    let mut req = Request::new(empty());
+    *req.method_mut() = Method::PUT;
+    req.headers_mut()
+        .insert(header::HOST, HeaderValue::from_static("provider"));
+    let mut out = Vec::new();
+    let framing = encode_head(&req, Some(&passed), &mut out);
+    assert_eq!(
+        framing,
+        Framing::Length(3),
+        "the client's Content-Length frames the body"
+    );
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        "PUT / HTTP/1.1\r\nhost: provider\r\nX-Thing: One\r\nContent-Length: 3\r\n\
+         x-forwarded-for: 10.0.0.1\r\nx-forwarded-proto: http\r\nforwarded: for=10.0.0.1;proto=http\r\n\
+         via: 1.1 meridian\r\n\r\n"
+    );
 }
