@@ -1,7 +1,7 @@
 //! HTTP/1.1 wire pieces shared by the edge's server ([`crate::listener`]) and its
 //! client to providers ([`crate::upstream`]): message-body decoding (RFC 9112
-//! sections 6 and 7), header blocks built without copying field values, field and
-//! last-chunk encoding, and the two socket loops both sides need (fill a read
+//! sections 6 and 7), header blocks built without copying field values or kept as
+//! received ([`RawFields`]), field and last-chunk encoding, and the two socket loops both sides need (fill a read
 //! buffer, write a buffer whole).
 //!
 //! No sockets of its own and no clock. Everything here reads untrusted bytes, so
@@ -329,12 +329,17 @@ impl Drop for RawFields {
             return;
         }
         spans.clear();
-        SPANS.with_borrow_mut(|kept| {
-            if kept.len() < RECYCLED_MAPS {
-                kept.push(spans);
-            }
-        });
+        keep(&SPANS, spans);
     }
+}
+
+/// Puts `item` on this thread's free list `list`, unless the list is full.
+fn keep<T: 'static>(list: &'static std::thread::LocalKey<RefCell<Vec<T>>>, item: T) {
+    list.with_borrow_mut(|kept| {
+        if kept.len() < RECYCLED_MAPS {
+            kept.push(item);
+        }
+    });
 }
 
 impl std::fmt::Debug for RawFields {
@@ -377,11 +382,7 @@ pub fn recycle(mut map: HeaderMap) {
         return;
     }
     map.clear();
-    MAPS.with_borrow_mut(|maps| {
-        if maps.len() < RECYCLED_MAPS {
-            maps.push(map);
-        }
-    });
+    keep(&MAPS, map);
 }
 
 /// A field name. Standard names cost nothing; others are copied into a new buffer

@@ -3,8 +3,11 @@
 //! hedging only inside the allowed set), stream the answer back.
 //!
 //! Protocol-agnostic: it takes any `http::Request` whose body streams `Bytes`, so
-//! HTTP/1.1, HTTP/2 and HTTP/3 share it. Per request it loads one config
-//! snapshot and takes no lock. It must never buffer a body, forward a request the
+//! HTTP/1.1, HTTP/2 and HTTP/3 share it. HTTP/1.1 fields arrive as received and,
+//! from an untrusted peer with nothing in them to read, drop or merge, pass to an
+//! HTTP/1.1 provider that way (and a provider's back to an HTTP/1.x client); all
+//! else goes through a header map. Per request it loads one config snapshot and
+//! takes no lock. It must never buffer a body, forward a request the
 //! HTTP/1.1 server refused for its framing, or send to a provider routing did not choose.
 
 use std::borrow::Cow;

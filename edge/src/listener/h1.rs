@@ -496,6 +496,9 @@ where
     }
     out.extend_from_slice(b"\r\n");
     recycle(parts.headers);
+    // The provider's head shares its connection's read buffer: let the buffer be
+    // reused in place while the body streams through it.
+    drop(raw);
 
     let mut body = pin!(body);
     if framing == Out::None {
