@@ -160,8 +160,7 @@ pub async fn run(opts: CompareOptions) -> anyhow::Result<String> {
         for round in 0..opts.rounds.max(1) {
             // Rotated, so no target is always first after the closed-loop phases or
             // always last before the next size.
-            for k in 0..targets.len() {
-                let i = (k + round) % targets.len();
+            for i in round_order(round, targets.len()) {
                 let (name, addr, proc_) = targets[i];
                 eprintln!(
                     "{size} via {name}: fixed rate {rate}/s, round {} of {}...",
@@ -200,6 +199,13 @@ pub async fn run(opts: CompareOptions) -> anyhow::Result<String> {
         std::fs::write(out, &report).with_context(|| format!("writing {}", out.display()))?;
     }
     Ok(report)
+}
+
+/// The targets' order in fixed-rate round `round`: rotated by one per round, so
+/// over `n` rounds each of `n` targets runs once in every position (a target that
+/// runs right after another, or first after a pause, is not always the same one).
+fn round_order(round: usize, n: usize) -> impl Iterator<Item = usize> {
+    (0..n).map(move |k| (k + round) % n)
 }
 
 /// One target at one size, accumulated over the fixed-rate rounds.
@@ -546,4 +552,24 @@ pub fn render(rows: &[Row], work: &[(&str, Fields)], opts: &CompareOptions) -> S
         }
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::round_order;
+
+    #[test]
+    fn four_rounds_put_each_of_four_targets_once_in_every_position() {
+        let orders: Vec<Vec<usize>> = (0..4).map(|r| round_order(r, 4).collect()).collect();
+        for position in 0..4 {
+            let mut seen: Vec<usize> = orders.iter().map(|o| o[position]).collect();
+            seen.sort_unstable();
+            assert_eq!(seen, [0, 1, 2, 3], "position {position}: {orders:?}");
+        }
+        for o in &orders {
+            let mut each = o.clone();
+            each.sort_unstable();
+            assert_eq!(each, [0, 1, 2, 3], "every target once per round: {o:?}");
+        }
+    }
 }

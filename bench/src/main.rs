@@ -48,7 +48,8 @@ enum Cmd {
         /// Fixed-rate rounds per size: each round runs every target once for
         /// `--duration`, in a rotated order, so drift on a shared machine is spread
         /// over all of them; figures are over all rounds, per-round CPU ratios listed.
-        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
+        /// A multiple of four (the targets) runs every target once in every position.
+        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=20))]
         rounds: u32,
         /// Also write the markdown report to this file.
         #[arg(long)]
