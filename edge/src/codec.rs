@@ -1,8 +1,8 @@
 //! HTTP/1.1 wire pieces shared by the edge's server ([`crate::listener`]) and its
 //! client to providers ([`crate::upstream`]): message-body decoding (RFC 9112
 //! sections 6 and 7), header blocks built without copying field values or kept as
-//! received ([`RawFields`]), field and last-chunk encoding, and the two socket loops both sides need (fill a read
-//! buffer, write a buffer whole).
+//! received ([`RawFields`]), field and last-chunk encoding, and the two socket
+//! loops both sides need (fill a read buffer, write a buffer whole).
 //!
 //! No sockets of its own and no clock. Everything here reads untrusted bytes, so
 //! every length is bounded and every malformed input is an error, never a guess; a
@@ -309,11 +309,8 @@ impl RawFields {
     /// The first value of `name` (lower case) as a header value sharing the head's
     /// bytes; `None` when absent or not a valid value.
     pub fn value(&self, name: &str) -> Option<HeaderValue> {
-        let s = self.spans.iter().find(|s| {
-            self.head[s.name.0 as usize..(s.name.0 + s.name.1) as usize].eq_ignore_ascii_case(name.as_bytes())
-        })?;
-        let (vs, vl) = (s.value.0 as usize, s.value.1 as usize);
-        HeaderValue::from_maybe_shared(self.head.slice(vs..vs + vl)).ok()
+        let v = self.get(name)?;
+        HeaderValue::from_maybe_shared(self.head.slice_ref(v)).ok()
     }
 
     /// The fields as a header map, with room for `extra` more.
@@ -412,6 +409,12 @@ fn field_name(raw: &[u8]) -> Result<HeaderName, DecodeError> {
         }
     });
     Ok(name)
+}
+
+/// A length field's value (`Content-Length` and kin): decimal digits, surrounding
+/// whitespace allowed.
+pub fn parse_length(v: &[u8]) -> Option<u64> {
+    std::str::from_utf8(v).ok()?.trim().parse().ok()
 }
 
 /// Appends `name: value` and its line end.

@@ -37,11 +37,11 @@ fn fixed_hop_by_hop() -> [&'static HeaderName; 8] {
 
 /// Whether `name` is one of the fixed hop-by-hop fields (not counting those a
 /// `Connection` field names).
-pub fn is_hop_by_hop(name: &HeaderName) -> bool {
+fn is_hop_by_hop(name: &HeaderName) -> bool {
     fixed_hop_by_hop().contains(&name)
 }
 
-/// [`is_hop_by_hop`] for a name as received, in any case.
+/// Whether `name`, as received and in any case, is one of the fixed hop-by-hop fields.
 pub fn is_hop_by_hop_name(name: &[u8]) -> bool {
     // By length first: most names are ruled out without comparing a byte.
     let candidates: &[&[u8]] = match name.len() {

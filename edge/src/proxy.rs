@@ -29,7 +29,7 @@ use http_body_util::BodyExt;
 use meridian_proto::Protocol;
 
 use crate::body::{BoxError, CountedBody, ProxyBody, ResponseBody, TimedBody};
-use crate::codec::{self, RawFields};
+use crate::codec::{self, RawFields, parse_length};
 use crate::config::{Forwarding, HedgingConfig, canonical_ip};
 use crate::conn::ConnState;
 use crate::headers::{self, Hop, Passed, Trail, ViaValues};
@@ -277,7 +277,7 @@ where
     // and trail are read); otherwise they go into the map like any other request's.
     let (seen, passing) = match raw {
         Some(fields) => {
-            let seen = Seen::of_raw(&fields, claim);
+            let seen = Seen::of(fields.iter().map(|(name, _)| name), claim);
             if trusted || seen.edge_only || seen.hop_by_hop || seen.trail {
                 let map = fields.to_map(6).map_err(|e| Refusal::BadRequest(e.0))?;
                 codec::recycle(std::mem::replace(&mut parts.headers, map));
@@ -286,7 +286,10 @@ where
                 (seen, Some(fields))
             }
         }
-        None => (Seen::of(&parts.headers, claim), None),
+        None => (
+            Seen::of(parts.headers.keys().map(|k| k.as_str().as_bytes()), claim),
+            None,
+        ),
     };
     // HTTP/2 and HTTP/3 carry the host in the URI; HTTP/1.1 in the Host header.
     let client_host = match (parts.uri.authority(), &passing) {
@@ -479,30 +482,11 @@ struct Seen {
 }
 
 impl Seen {
-    fn of(headers: &http::HeaderMap, claim: &HeaderName) -> Self {
-        let mut seen = Seen::default();
-        for name in headers.keys() {
-            if name == header::CONTENT_LENGTH {
-                seen.size = true;
-            } else if name == SIZE_HINT {
-                seen.size = true;
-                seen.edge_only = true;
-            } else if name == claim || name == EXPLAIN || name == header::EXPECT {
-                seen.edge_only = true;
-            } else if headers::is_hop_by_hop(name) {
-                seen.hop_by_hop = true;
-            } else if headers::is_trail(name.as_str().as_bytes()) {
-                seen.trail = true;
-            }
-        }
-        seen
-    }
-
-    /// The same for fields as received (names in any case).
-    fn of_raw(fields: &RawFields, claim: &HeaderName) -> Self {
+    /// Judges field names in any case: as received, or a map's.
+    fn of<'a>(names: impl Iterator<Item = &'a [u8]>, claim: &HeaderName) -> Self {
         let is = |name: &[u8], known: &HeaderName| known.as_str().as_bytes().eq_ignore_ascii_case(name);
         let mut seen = Seen::default();
-        for (name, _) in fields.iter() {
+        for name in names {
             if is(name, &header::CONTENT_LENGTH) {
                 seen.size = true;
             } else if is(name, &SIZE_HINT) {
@@ -518,11 +502,6 @@ impl Seen {
         }
         seen
     }
-}
-
-/// A length field's value.
-fn parse_length(v: &[u8]) -> Option<u64> {
-    std::str::from_utf8(v).ok()?.trim().parse().ok()
 }
 
 /// How long to wait for the first provider before hedging: the configured quantile

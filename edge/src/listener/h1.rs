@@ -24,7 +24,7 @@ use std::task::{Context, Poll, ready};
 use std::time::SystemTime;
 
 use bytes::{Bytes, BytesMut};
-use http::header::{self, HeaderValue};
+use http::header::HeaderValue;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -445,32 +445,28 @@ where
         out.extend_from_slice(b"\r\n");
     }
     let mut dated = false;
-    // A provider's fields as received hold nothing hop-by-hop (or they would have
-    // been put in the map), so only framing and the date concern them here.
-    for (name, value) in raw.iter().flat_map(RawFields::iter) {
+    // A provider's fields as received come first (nothing hop-by-hop is among
+    // them, or they would be in the map), then the map's.
+    let received = raw.iter().flat_map(RawFields::iter).map(|(n, v)| (n, v, false));
+    let mapped = parts
+        .headers
+        .iter()
+        .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes(), true));
+    for (name, value, in_map) in received.chain(mapped) {
+        // Framing and connection management are this hop's own; a HEAD response
+        // keeps the length the GET would have had. Only an answer the edge wrote
+        // carries a `Connection` of its own (`close`).
+        if name.eq_ignore_ascii_case(b"connection") {
+            closing |= in_map && has_token(value, b"close");
+            continue;
+        }
         dated |= name.eq_ignore_ascii_case(b"date");
         let ours = name.eq_ignore_ascii_case(b"transfer-encoding")
-            || name.eq_ignore_ascii_case(b"connection")
             || (name.eq_ignore_ascii_case(b"content-length")
                 && !(facts.head_request || status == StatusCode::NOT_MODIFIED))
             || (cx.alt_svc.is_some() && name.eq_ignore_ascii_case(b"alt-svc"));
         if !ours {
             push_field(out, name, value);
-        }
-    }
-    for (name, value) in &parts.headers {
-        // Framing and connection management are this hop's own; a HEAD response
-        // keeps the length the GET would have had.
-        if *name == header::CONNECTION {
-            closing |= has_token(value.as_bytes(), b"close");
-            continue;
-        }
-        dated |= *name == header::DATE;
-        let ours = *name == header::TRANSFER_ENCODING
-            || (*name == header::CONTENT_LENGTH && !(facts.head_request || status == StatusCode::NOT_MODIFIED))
-            || (*name == header::ALT_SVC && cx.alt_svc.is_some());
-        if !ours {
-            push_field(out, name.as_str().as_bytes(), value.as_bytes());
         }
     }
     match framing {

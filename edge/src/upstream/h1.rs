@@ -28,8 +28,8 @@ use tokio::time::{Instant, Sleep};
 use super::UpstreamIo;
 use crate::body::{BoxError, ProxyBody};
 use crate::codec::{
-    DecodeError, Decoder, Framing, RawFields, Span, Step, has_token, header_map, poll_fill, poll_write_all, push_field,
-    push_last_chunk, recycle, recycled_map,
+    DecodeError, Decoder, Framing, RawFields, Span, Step, has_token, header_map, parse_length, poll_fill,
+    poll_write_all, push_field, push_last_chunk, recycle, recycled_map,
 };
 use crate::headers::{self, Passed};
 
@@ -280,9 +280,7 @@ fn encode_head(req: &Request<ProxyBody>, passed: Option<&Passed<'_>>, out: &mut 
         None => req.headers().get(header::CONTENT_LENGTH).map(|v| v.as_bytes()),
     };
     let body = req.body();
-    let declared = declared
-        .and_then(|v| std::str::from_utf8(v).ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
+    let declared = declared.and_then(parse_length);
     let framing = match declared {
         // The HTTP/1.1 server's framing rules and the HTTP/2 and HTTP/3 codecs hold the body
         // to its declared length.
