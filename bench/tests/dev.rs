@@ -102,17 +102,23 @@ fn dev_deployment_serves_on_the_documented_addresses_and_stops_on_ctrl_c() {
     assert_eq!(range, "meridian");
 
     // EU data stays in the EU, and settles on the nearer EU provider (5 ms away
-    // rather than 12 ms); other data goes anywhere but CN.
-    for i in 0..10 {
+    // rather than 12 ms); other data goes anywhere but CN. The edge learns the gap from
+    // real round trips, and a loaded machine can delay one of them enough to swing a
+    // single choice, so this polls for the settled state (ten EU requests in a row on
+    // de-fra-1 within sixty; a coin toss between the two would pass about one time in
+    // forty) instead of expecting every late request to land there.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let (mut in_a_row, mut sent) = (0, 0);
+    while in_a_row < 10 {
+        assert!(
+            std::time::Instant::now() < deadline && sent < 60,
+            "EU requests did not settle on the nearest EU provider: {in_a_row} in a row after {sent}"
+        );
         let eu = curl(&["-i", "-H", "Host: eu.demo.local", "http://127.0.0.1:8080/_sim/echo"]);
         let served = header(&eu, "x-sim-provider").unwrap();
         assert!(served.starts_with("de-"), "{eu}");
-        if i >= 5 {
-            assert_eq!(
-                served, "de-fra-1",
-                "request {i} did not settle on the nearest EU provider"
-            );
-        }
+        in_a_row = if served == "de-fra-1" { in_a_row + 1 } else { 0 };
+        sent += 1;
         let us = curl(&["-i", "-H", "Host: us.demo.local", "http://127.0.0.1:8080/_sim/echo"]);
         assert!(!header(&us, "x-sim-provider").unwrap().starts_with("cn-"), "{us}");
     }
