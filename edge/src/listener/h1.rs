@@ -139,7 +139,9 @@ where
                 *req.version_mut() = head.version;
                 // Empty but for what routing sets (`Host`): the fields are raw.
                 *req.headers_mut() = recycled_map(2);
-                let handled = cx.proxy.handle(req, Some(head.fields), &cx.info);
+                // Pinned where it is made: the proxy's future is kilobytes, and
+                // handing it on by value would copy it on every request.
+                let handled = pin!(cx.proxy.handle(req, Some(head.fields), &cx.info));
                 match unless_client_leaves(&wire, handled, cx.limits.max_header_bytes as usize).await {
                     Some(Ok(resp)) => resp,
                     None => return,
@@ -169,13 +171,16 @@ where
 /// read whole, a closed connection (end of stream or an error) drops `handled`, so
 /// no provider keeps working for a client that is gone. Bytes that arrive meanwhile
 /// are a pipelined next request and stay buffered, up to one head's worth.
-async fn unless_client_leaves<S, F>(wire: &Shared<S>, handled: F, max_head: usize) -> Option<F::Output>
+fn unless_client_leaves<S, F>(
+    wire: &Shared<S>,
+    mut handled: Pin<&mut F>,
+    max_head: usize,
+) -> impl Future<Output = Option<F::Output>>
 where
     S: AsyncRead + Unpin,
     F: Future,
 {
-    let mut handled = pin!(handled);
-    poll_fn(|task| {
+    poll_fn(move |task| {
         if let Poll::Ready(out) = handled.as_mut().poll(task) {
             return Poll::Ready(Some(out));
         }
@@ -192,7 +197,6 @@ where
         }
         Poll::Pending
     })
-    .await
 }
 
 /// A request head, parsed and judged.
