@@ -411,10 +411,15 @@ fn field_name(raw: &[u8]) -> Result<HeaderName, DecodeError> {
     Ok(name)
 }
 
-/// A length field's value (`Content-Length` and kin): decimal digits, surrounding
-/// whitespace allowed.
+/// A length field's value (`Content-Length` and kin): decimal digits only (no sign,
+/// no list), with spaces or tabs around them; at most 19 digits, so it always fits.
+/// `None` for anything else: a length is never guessed.
 pub fn parse_length(v: &[u8]) -> Option<u64> {
-    std::str::from_utf8(v).ok()?.trim().parse().ok()
+    let v = v.trim_ascii();
+    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(v.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0')))
 }
 
 /// Appends `name: value` and its line end.
@@ -475,6 +480,30 @@ pub fn has_token(value: &[u8], token: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lengths_are_digits_and_nothing_else() {
+        for (v, want) in [
+            ("0", Some(0)),
+            (" 42\t", Some(42)),
+            ("9999999999999999999", Some(9_999_999_999_999_999_999)),
+        ] {
+            assert_eq!(parse_length(v.as_bytes()), want, "{v:?}");
+        }
+        for v in [
+            "",
+            " ",
+            "+3",
+            "-3",
+            "3, 3",
+            "0x10",
+            "1e3",
+            "3 3",
+            "18446744073709551615",
+        ] {
+            assert_eq!(parse_length(v.as_bytes()), None, "{v:?}");
+        }
+    }
 
     fn decode_all(framing: Framing, wire: &[u8], split: usize) -> Result<(Vec<u8>, Option<HeaderMap>), DecodeError> {
         let mut d = Decoder::new(framing);

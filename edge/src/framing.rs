@@ -8,6 +8,8 @@
 //! [`judge`] before the proxy sees it and answers a refusal with 400 and a closed
 //! connection. Pure: no I/O.
 
+use crate::codec::parse_length;
+
 /// Why a request's framing was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FramingError {
@@ -54,15 +56,11 @@ pub fn judge(req: &httparse::Request<'_, '_>) -> Result<BodyLen, FramingError> {
             if length.is_some() {
                 return Err(FramingError::DuplicateLength);
             }
-            let v = trim(h.value);
-            if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
-                return Err(if v.contains(&b',') {
-                    FramingError::DuplicateLength
-                } else {
-                    FramingError::InvalidLength
-                });
+            match parse_length(h.value) {
+                Some(n) => length = Some(n),
+                None if h.value.contains(&b',') => return Err(FramingError::DuplicateLength),
+                None => return Err(FramingError::InvalidLength),
             }
-            length = Some(v.iter().fold(0u64, |acc, d| acc * 10 + u64::from(d - b'0')));
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
             if chunked || !trim(h.value).eq_ignore_ascii_case(b"chunked") {
                 return Err(FramingError::UnsupportedTransferCoding);

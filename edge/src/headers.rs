@@ -199,8 +199,12 @@ impl Passed<'_> {
             self.trail.for_value.as_bytes(),
         );
         push_field(out, X_FORWARDED_PROTO.as_str().as_bytes(), self.trail.proto.as_bytes());
-        push_field(out, b"forwarded", self.trail.forwarded.as_bytes());
-        push_field(out, b"via", self.via.as_bytes());
+        push_field(
+            out,
+            header::FORWARDED.as_str().as_bytes(),
+            self.trail.forwarded.as_bytes(),
+        );
+        push_field(out, header::VIA.as_str().as_bytes(), self.via.as_bytes());
     }
 
     /// The same fields added to `headers` instead, for a protocol that needs a map.

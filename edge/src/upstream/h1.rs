@@ -490,12 +490,7 @@ fn parse_response(buf: &mut BytesMut, head_request: bool) -> Result<Option<Parse
         plain &= !(headers::is_hop_by_hop_name(field.name.as_bytes()) || field.name.eq_ignore_ascii_case("via"));
         let raw = field.value;
         if field.name.eq_ignore_ascii_case("content-length") {
-            let n = std::str::from_utf8(raw)
-                .ok()
-                .map(str::trim)
-                .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
-                .and_then(|v| v.parse::<u64>().ok())
-                .ok_or(H1Error::Invalid("invalid Content-Length"))?;
+            let n = parse_length(raw).ok_or(H1Error::Invalid("invalid Content-Length"))?;
             if length.is_some_and(|l| l != n) {
                 return Err(H1Error::Invalid("conflicting Content-Length"));
             }
