@@ -127,81 +127,90 @@ impl Proxy {
     /// Handles one request. Never fails: every failure becomes an answer.
     /// `raw` holds an HTTP/1.1 request's fields as received (its header map is
     /// then empty); other protocols give `None`.
-    pub async fn handle<B>(
+    // Not an `async fn`: one copies its by-value arguments (the request is about
+    // 300 bytes) into locals of its future when first polled, on top of the move
+    // into the future; an `async move` block uses them where they are. Measured on
+    // this request path with `-Zprint-type-sizes` and callgrind (see
+    // bench/results/profile-1k-2026-11-29.md); the same holds for `forward`,
+    // `upstream::send`, `InlinePool::send` and `h1::exchange`.
+    #[allow(clippy::manual_async_fn)]
+    pub fn handle<B>(
         &self,
         req: Request<B>,
         raw: Option<RawFields>,
         conn: &ConnInfo,
-    ) -> Result<Response<ResponseBody>, Infallible>
+    ) -> impl Future<Output = Result<Response<ResponseBody>, Infallible>>
     where
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
-        let started = Instant::now();
-        let guard = conn.state.begin_request();
-        // One snapshot per request, held as an Arc: the request may wait on a
-        // provider for a while, longer than an arc-swap guard should be held.
-        let snap = self.snapshot.load_full();
-        let method = req.method().clone();
-        let version = req.version();
-        match forward(&snap, &self.learned, req, raw, conn, started).await {
-            Ok(Forwarded {
-                response,
-                target,
-                explain,
-                head_at,
-                received,
-            }) => {
-                let (mut parts, body) = response.into_parts();
-                if explain {
-                    if let Some(v) = route_header(&target) {
-                        parts.headers.insert(ROUTE.clone(), v);
+        async move {
+            let started = Instant::now();
+            let guard = conn.state.begin_request();
+            // One snapshot per request, held as an Arc: the request may wait on a
+            // provider for a while, longer than an arc-swap guard should be held.
+            let snap = self.snapshot.load_full();
+            let method = req.method().clone();
+            let version = req.version();
+            match forward(&snap, &self.learned, req, raw, conn, started).await {
+                Ok(Forwarded {
+                    response,
+                    target,
+                    explain,
+                    head_at,
+                    received,
+                }) => {
+                    let (mut parts, body) = response.into_parts();
+                    if explain {
+                        if let Some(v) = route_header(&target) {
+                            parts.headers.insert(ROUTE.clone(), v);
+                        }
                     }
-                }
-                if snap.access_log {
-                    let d = target.decision();
-                    tracing::info!(
-                        target: "meridian::access",
-                        method = %method,
-                        protocol = protocol_label(version),
-                        status = parts.status.as_u16(),
-                        origin = d.origin.label(),
-                        origin_source = d.origin.source_label(),
-                        candidates = d.candidates,
-                        provider = %target.id(),
-                        jurisdiction = %target.jurisdiction(),
-                        reason = d.reason.as_str(),
+                    if snap.access_log {
+                        let d = target.decision();
+                        tracing::info!(
+                            target: "meridian::access",
+                            method = %method,
+                            protocol = protocol_label(version),
+                            status = parts.status.as_u16(),
+                            origin = d.origin.label(),
+                            origin_source = d.origin.source_label(),
+                            candidates = d.candidates,
+                            provider = %target.id(),
+                            jurisdiction = %target.jurisdiction(),
+                            reason = d.reason.as_str(),
+                        );
+                    }
+                    record::request(
+                        Some(target.metrics()),
+                        Some(&target.decision().origin),
+                        &method,
+                        parts.status,
                     );
+                    let body = ResponseBody::upstream(body, guard, target, (started, head_at), received);
+                    Ok(Response::from_parts(parts, body))
                 }
-                record::request(
-                    Some(target.metrics()),
-                    Some(&target.decision().origin),
-                    &method,
-                    parts.status,
-                );
-                let body = ResponseBody::upstream(body, guard, target, (started, head_at), received);
-                Ok(Response::from_parts(parts, body))
-            }
-            Err(Refused { refusal, origin }) => {
-                tracing::debug!(peer = %conn.peer, error = %refusal, "answered locally");
-                if let Refusal::NoRoute(e) = &refusal {
-                    record::fail_closed(e);
+                Err(Refused { refusal, origin }) => {
+                    tracing::debug!(peer = %conn.peer, error = %refusal, "answered locally");
+                    if let Refusal::NoRoute(e) = &refusal {
+                        record::fail_closed(e);
+                    }
+                    let resp = refusal.into_response(Some(guard));
+                    record::request(None, origin.as_ref(), &method, resp.status());
+                    if snap.access_log {
+                        tracing::info!(
+                            target: "meridian::access",
+                            method = %method,
+                            protocol = protocol_label(version),
+                            status = resp.status().as_u16(),
+                            origin = origin.as_ref().map_or("unknown", |o| o.label()),
+                            origin_source = origin.as_ref().map_or("none", |o| o.source_label()),
+                            provider = "none",
+                            reason = %resp.status().canonical_reason().unwrap_or(""),
+                        );
+                    }
+                    Ok(resp)
                 }
-                let resp = refusal.into_response(Some(guard));
-                record::request(None, origin.as_ref(), &method, resp.status());
-                if snap.access_log {
-                    tracing::info!(
-                        target: "meridian::access",
-                        method = %method,
-                        protocol = protocol_label(version),
-                        status = resp.status().as_u16(),
-                        origin = origin.as_ref().map_or("unknown", |o| o.label()),
-                        origin_source = origin.as_ref().map_or("none", |o| o.source_label()),
-                        provider = "none",
-                        reason = %resp.status().canonical_reason().unwrap_or(""),
-                    );
-                }
-                Ok(resp)
             }
         }
     }
@@ -241,225 +250,230 @@ impl From<Refusal> for Refused {
     }
 }
 
-async fn forward<B>(
+// Not an `async fn`, so the request is not copied again when first polled (see
+// `Proxy::handle`).
+#[allow(clippy::manual_async_fn)]
+fn forward<B>(
     snap: &Snapshot,
     learned: &Learned,
     req: Request<B>,
     raw: Option<RawFields>,
     conn: &ConnInfo,
     started: Instant,
-) -> Result<Forwarded, Refused>
+) -> impl Future<Output = Result<Forwarded, Refused>>
 where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    let target_len = req.uri().path_and_query().map_or(1, |pq| pq.as_str().len());
-    if target_len > snap.max_uri_bytes {
-        return Err(Refusal::UriTooLong.into());
-    }
-    if req.method() == Method::CONNECT {
-        return Err(Refusal::MethodNotAllowed.into());
-    }
-    // Early data can be replayed by an attacker: only safe methods are served from it.
-    if req.extensions().get::<EarlyData>().is_some()
-        && !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS)
-    {
-        return Err(Refusal::TooEarly.into());
-    }
-
-    let (mut parts, body) = req.into_parts();
-    let client_version = parts.version;
-    let peer = conn.trail.peer;
-    let trusted = snap.forwarding.is_trusted(peer);
-    let claim = snap.routing.origin().header();
-    // HTTP/1.1 fields come as received: they pass so when nothing in them is for
-    // this edge to read, drop or merge, and a trusted peer's never do (its claims
-    // and trail are read); otherwise they go into the map like any other request's.
-    let (seen, passing) = match raw {
-        Some(fields) => {
-            let seen = Seen::of(fields.iter().map(|(name, _)| name), claim);
-            if trusted || seen.edge_only || seen.hop_by_hop || seen.trail {
-                let map = fields.to_map(6).map_err(|e| Refusal::BadRequest(e.0))?;
-                codec::recycle(std::mem::replace(&mut parts.headers, map));
-                (seen, None)
-            } else {
-                (seen, Some(fields))
-            }
+    async move {
+        let target_len = req.uri().path_and_query().map_or(1, |pq| pq.as_str().len());
+        if target_len > snap.max_uri_bytes {
+            return Err(Refusal::UriTooLong.into());
         }
-        None => (
-            Seen::of(parts.headers.keys().map(|k| k.as_str().as_bytes()), claim),
-            None,
-        ),
-    };
-    // HTTP/2 and HTTP/3 carry the host in the URI; HTTP/1.1 in the Host header.
-    let client_host = match (parts.uri.authority(), &passing) {
-        (Some(a), _) => HeaderValue::from_str(a.as_str()).ok(),
-        (None, Some(fields)) => fields.value("host"),
-        (None, None) => parts.headers.get(header::HOST).cloned(),
-    };
-    let host_name = client_host
-        .as_ref()
-        .and_then(|h| h.to_str().ok())
-        .map(host_without_port);
-    // Passing fields are from an untrusted peer, whose headers the resolver never
-    // reads: the (then empty) map is all it needs.
-    let origin = snap.routing.resolve(RequestFacts {
-        host: host_name.as_deref(),
-        path: parts.uri.path(),
-        headers: &parts.headers,
-        peer,
-        trusted,
-    });
-    let explain = trusted && seen.edge_only && parts.headers.get(&EXPLAIN).is_some_and(|v| v.as_bytes() == b"1");
-    // GETs rarely announce their size: learn it per route (host and first segment).
-    let size_key =
-        (parts.method == Method::GET).then(|| SizeTable::key(host_name.as_deref().unwrap_or(""), parts.uri.path()));
-    let announced = match (&passing, seen.size) {
-        (_, false) => 0,
-        (Some(fields), true) => fields.get("content-length").and_then(parse_length).unwrap_or(0),
-        (None, true) => expected_bytes(&parts.headers),
-    };
-    let bytes = match announced {
-        0 => size_key.map_or(0, |k| learned.sizes.expected_at(k)),
-        announced => announced,
-    };
-    let passed = match passing {
-        Some(fields) => Some(Passed {
-            fields,
-            trail: &conn.trail,
-            via: snap.via.for_version(client_version),
-        }),
-        None => {
-            if seen.edge_only {
-                // Residency claims, explain requests and size hints are for this
-                // edge only, trusted or not. The edge runs the 100-continue exchange
-                // with the client itself: it asks for the body only once it is
-                // sending to a provider.
-                for name in [claim, &EXPLAIN, &SIZE_HINT, &header::EXPECT] {
-                    parts.headers.remove(name);
-                }
-            }
-            let wants_trailers = seen.hop_by_hop && headers::strip_hop_by_hop(&mut parts.headers);
-            headers::set_forwarding(
-                &mut parts.headers,
-                Hop {
-                    trail: &conn.trail,
-                    trusted,
-                },
-            );
-            headers::add_via(&mut parts.headers, client_version, &snap.via);
-            if wants_trailers {
-                parts.headers.insert(header::TE, HeaderValue::from_static("trailers"));
-            }
-            None
+        if req.method() == Method::CONNECT {
+            return Err(Refusal::MethodNotAllowed.into());
         }
-    };
+        // Early data can be replayed by an attacker: only safe methods are served from it.
+        if req.extensions().get::<EarlyData>().is_some()
+            && !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS)
+        {
+            return Err(Refusal::TooEarly.into());
+        }
 
-    let received = (!body.is_end_stream()).then(|| Arc::new(AtomicU64::new(0)));
-    let body = TimedBody::new(body, snap.body_idle).map_err(|e| -> BoxError { Box::new(e) });
-    let body: ProxyBody = match &received {
-        Some(count) => CountedBody::new(body, count.clone()).boxed_unsync(),
-        None => body.boxed_unsync(),
-    };
-    let mut req = Request::from_parts(parts, body);
-    let mut exclude = None;
-    let mut first_failure = None;
-    loop {
-        // One clock read serves the decision and the send time; the first decision
-        // uses the request's arrival, microseconds earlier.
-        let decided = if exclude.is_none() { started } else { Instant::now() };
-        let target = match snap.routing.route(origin, bytes, exclude, decided) {
-            Ok(t) => t,
-            // With no other allowed provider to fail over to, report the failure.
-            Err(e) => {
-                let refusal = match first_failure.take() {
-                    Some(failure) => Refusal::Upstream(failure),
-                    None => Refusal::NoRoute(e),
-                };
-                return Err(refusal.into());
-            }
-        };
-        aim(&mut req, &target, client_host.clone())?;
-        let hedge =
-            snap.hedging.enabled && exclude.is_none() && req.method() == Method::GET && req.body().is_end_stream();
-        let (target, sent, result) = if hedge {
-            let after = hedge_delay(&snap.hedging, &learned.latency);
-            // Boxed: two sends in flight make a large future that unhedged requests
-            // should not carry.
-            Box::pin(send_hedged(
-                snap,
-                origin,
-                bytes,
-                target,
-                (req, passed.as_ref()),
-                after,
-                client_host.clone(),
-            ))
-            .await
-        } else {
-            let result = upstream::send(&target, req, passed.as_ref(), decided).await;
-            (target, decided, result)
-        };
-        match result {
-            Ok(resp) => {
-                let now = Instant::now();
-                let ttfb = now.saturating_duration_since(sent);
-                target
-                    .stats()
-                    .observe_answer(ttfb, resp.status().is_server_error(), now);
-                target.metrics().ttfb.record(ttfb);
-                if snap.hedging.enabled {
-                    learned.latency.record(ttfb);
-                }
-                let (mut parts, mut body) = resp.into_parts();
-                // An HTTP/1.1 provider's fields may have been left as received (none
-                // of them hop-by-hop, no `Via`): an HTTP/1.x client gets them so,
-                // any other needs them in the map.
-                let raw = if matches!(client_version, Version::HTTP_10 | Version::HTTP_11) {
-                    body.raw().is_some()
+        let (mut parts, body) = req.into_parts();
+        let client_version = parts.version;
+        let peer = conn.trail.peer;
+        let trusted = snap.forwarding.is_trusted(peer);
+        let claim = snap.routing.origin().header();
+        // HTTP/1.1 fields come as received: they pass so when nothing in them is for
+        // this edge to read, drop or merge, and a trusted peer's never do (its claims
+        // and trail are read); otherwise they go into the map like any other request's.
+        let (seen, passing) = match raw {
+            Some(fields) => {
+                let seen = Seen::of(fields.iter().map(|(name, _)| name), claim);
+                if trusted || seen.edge_only || seen.hop_by_hop || seen.trail {
+                    let map = fields.to_map(6).map_err(|e| Refusal::BadRequest(e.0))?;
+                    codec::recycle(std::mem::replace(&mut parts.headers, map));
+                    (seen, None)
                 } else {
-                    if let Some(fields) = body.take_raw() {
-                        let map = fields.to_map(2).map_err(|e| {
-                            Refusal::Upstream(UpstreamError::Exchange(format!("invalid response field: {}", e.0)))
-                        })?;
-                        codec::recycle(std::mem::replace(&mut parts.headers, map));
-                    }
-                    false
-                };
-                // The body's framing knows its length when the response announced one.
-                if let (Some(key), true) = (size_key, parts.status.is_success()) {
-                    if let Some(n) = body.size_hint().exact() {
-                        learned.sizes.learn_at(key, n);
-                    }
+                    (seen, Some(fields))
                 }
-                let upstream_version = parts.version;
-                if !raw {
-                    headers::strip_hop_by_hop(&mut parts.headers);
-                }
-                // Into the (then empty) map when the fields stay raw: they carry
-                // no `Via` to merge with.
-                headers::add_via(&mut parts.headers, upstream_version, &snap.via);
-                parts.version = client_version;
-                let response = Response::from_parts(parts, TimedBody::new(body, snap.body_idle));
-                return Ok(Forwarded {
-                    response,
-                    target,
-                    explain,
-                    head_at: now,
-                    received,
-                });
             }
-            Err(failure) => {
-                target.stats().observe_failure(Instant::now());
-                // Nothing reached the provider: safe to try the next-best allowed one,
-                // once, for any method. `route` keeps the retry inside the allowed set.
-                match failure.unsent {
-                    Some(back) if exclude.is_none() => {
-                        exclude = Some(target.index());
-                        first_failure = Some(failure.error);
-                        req = back;
+            None => (
+                Seen::of(parts.headers.keys().map(|k| k.as_str().as_bytes()), claim),
+                None,
+            ),
+        };
+        // HTTP/2 and HTTP/3 carry the host in the URI; HTTP/1.1 in the Host header.
+        let client_host = match (parts.uri.authority(), &passing) {
+            (Some(a), _) => HeaderValue::from_str(a.as_str()).ok(),
+            (None, Some(fields)) => fields.value("host"),
+            (None, None) => parts.headers.get(header::HOST).cloned(),
+        };
+        let host_name = client_host
+            .as_ref()
+            .and_then(|h| h.to_str().ok())
+            .map(host_without_port);
+        // Passing fields are from an untrusted peer, whose headers the resolver never
+        // reads: the (then empty) map is all it needs.
+        let origin = snap.routing.resolve(RequestFacts {
+            host: host_name.as_deref(),
+            path: parts.uri.path(),
+            headers: &parts.headers,
+            peer,
+            trusted,
+        });
+        let explain = trusted && seen.edge_only && parts.headers.get(&EXPLAIN).is_some_and(|v| v.as_bytes() == b"1");
+        // GETs rarely announce their size: learn it per route (host and first segment).
+        let size_key =
+            (parts.method == Method::GET).then(|| SizeTable::key(host_name.as_deref().unwrap_or(""), parts.uri.path()));
+        let announced = match (&passing, seen.size) {
+            (_, false) => 0,
+            (Some(fields), true) => fields.get("content-length").and_then(parse_length).unwrap_or(0),
+            (None, true) => expected_bytes(&parts.headers),
+        };
+        let bytes = match announced {
+            0 => size_key.map_or(0, |k| learned.sizes.expected_at(k)),
+            announced => announced,
+        };
+        let passed = match passing {
+            Some(fields) => Some(Passed {
+                fields,
+                trail: &conn.trail,
+                via: snap.via.for_version(client_version),
+            }),
+            None => {
+                if seen.edge_only {
+                    // Residency claims, explain requests and size hints are for this
+                    // edge only, trusted or not. The edge runs the 100-continue exchange
+                    // with the client itself: it asks for the body only once it is
+                    // sending to a provider.
+                    for name in [claim, &EXPLAIN, &SIZE_HINT, &header::EXPECT] {
+                        parts.headers.remove(name);
                     }
-                    _ => return Err(Refusal::Upstream(failure.error).into()),
+                }
+                let wants_trailers = seen.hop_by_hop && headers::strip_hop_by_hop(&mut parts.headers);
+                headers::set_forwarding(
+                    &mut parts.headers,
+                    Hop {
+                        trail: &conn.trail,
+                        trusted,
+                    },
+                );
+                headers::add_via(&mut parts.headers, client_version, &snap.via);
+                if wants_trailers {
+                    parts.headers.insert(header::TE, HeaderValue::from_static("trailers"));
+                }
+                None
+            }
+        };
+
+        let received = (!body.is_end_stream()).then(|| Arc::new(AtomicU64::new(0)));
+        let body = TimedBody::new(body, snap.body_idle).map_err(|e| -> BoxError { Box::new(e) });
+        let body: ProxyBody = match &received {
+            Some(count) => CountedBody::new(body, count.clone()).boxed_unsync(),
+            None => body.boxed_unsync(),
+        };
+        let mut req = Request::from_parts(parts, body);
+        let mut exclude = None;
+        let mut first_failure = None;
+        loop {
+            // One clock read serves the decision and the send time; the first decision
+            // uses the request's arrival, microseconds earlier.
+            let decided = if exclude.is_none() { started } else { Instant::now() };
+            let target = match snap.routing.route(origin, bytes, exclude, decided) {
+                Ok(t) => t,
+                // With no other allowed provider to fail over to, report the failure.
+                Err(e) => {
+                    let refusal = match first_failure.take() {
+                        Some(failure) => Refusal::Upstream(failure),
+                        None => Refusal::NoRoute(e),
+                    };
+                    return Err(refusal.into());
+                }
+            };
+            aim(&mut req, &target, client_host.clone())?;
+            let hedge =
+                snap.hedging.enabled && exclude.is_none() && req.method() == Method::GET && req.body().is_end_stream();
+            let (target, sent, result) = if hedge {
+                let after = hedge_delay(&snap.hedging, &learned.latency);
+                // Boxed: two sends in flight make a large future that unhedged requests
+                // should not carry.
+                Box::pin(send_hedged(
+                    snap,
+                    origin,
+                    bytes,
+                    target,
+                    (req, passed.as_ref()),
+                    after,
+                    client_host.clone(),
+                ))
+                .await
+            } else {
+                let result = upstream::send(&target, req, passed.as_ref(), decided).await;
+                (target, decided, result)
+            };
+            match result {
+                Ok(resp) => {
+                    let now = Instant::now();
+                    let ttfb = now.saturating_duration_since(sent);
+                    target
+                        .stats()
+                        .observe_answer(ttfb, resp.status().is_server_error(), now);
+                    target.metrics().ttfb.record(ttfb);
+                    if snap.hedging.enabled {
+                        learned.latency.record(ttfb);
+                    }
+                    let (mut parts, mut body) = resp.into_parts();
+                    // An HTTP/1.1 provider's fields may have been left as received (none
+                    // of them hop-by-hop, no `Via`): an HTTP/1.x client gets them so,
+                    // any other needs them in the map.
+                    let raw = if matches!(client_version, Version::HTTP_10 | Version::HTTP_11) {
+                        body.raw().is_some()
+                    } else {
+                        if let Some(fields) = body.take_raw() {
+                            let map = fields.to_map(2).map_err(|e| {
+                                Refusal::Upstream(UpstreamError::Exchange(format!("invalid response field: {}", e.0)))
+                            })?;
+                            codec::recycle(std::mem::replace(&mut parts.headers, map));
+                        }
+                        false
+                    };
+                    // The body's framing knows its length when the response announced one.
+                    if let (Some(key), true) = (size_key, parts.status.is_success()) {
+                        if let Some(n) = body.size_hint().exact() {
+                            learned.sizes.learn_at(key, n);
+                        }
+                    }
+                    let upstream_version = parts.version;
+                    if !raw {
+                        headers::strip_hop_by_hop(&mut parts.headers);
+                    }
+                    // Into the (then empty) map when the fields stay raw: they carry
+                    // no `Via` to merge with.
+                    headers::add_via(&mut parts.headers, upstream_version, &snap.via);
+                    parts.version = client_version;
+                    let response = Response::from_parts(parts, TimedBody::new(body, snap.body_idle));
+                    return Ok(Forwarded {
+                        response,
+                        target,
+                        explain,
+                        head_at: now,
+                        received,
+                    });
+                }
+                Err(failure) => {
+                    target.stats().observe_failure(Instant::now());
+                    // Nothing reached the provider: safe to try the next-best allowed one,
+                    // once, for any method. `route` keeps the retry inside the allowed set.
+                    match failure.unsent {
+                        Some(back) if exclude.is_none() => {
+                            exclude = Some(target.index());
+                            first_failure = Some(failure.error);
+                            req = back;
+                        }
+                        _ => return Err(Refusal::Upstream(failure.error).into()),
+                    }
                 }
             }
         }

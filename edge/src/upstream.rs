@@ -327,44 +327,49 @@ impl From<UpstreamError> for SendFailure {
 ///
 /// `passed` are fields that follow the request's map on the wire (see
 /// [`Passed`]); HTTP/2 takes them into the map.
-pub async fn send(
+// Not an `async fn`, so the request is not copied again when first polled (see
+// `Proxy::handle`).
+#[allow(clippy::manual_async_fn)]
+pub fn send(
     target: &Target,
     mut req: Request<ProxyBody>,
     passed: Option<&Passed<'_>>,
     now: tokio::time::Instant,
-) -> Result<Response<UpstreamBody>, SendFailure> {
-    let pool = target.pool();
-    let deadline = now + pool.response_timeout;
-    // The calling worker's own pool: its connections live on this thread.
-    let w = current_worker();
-    match &pool.workers {
-        // HTTP/1.1 keeps its deadline timer with the connection (see `h1`).
-        Workers::H1(pools) => pools[w % pools.len()]
-            .send(req, passed, now, deadline)
-            .await
-            .map(|r| r.map(UpstreamBody::H1)),
-        Workers::H2(clients) => {
-            if let Some(passed) = passed {
-                passed
-                    .merge_into(req.headers_mut())
-                    .map_err(|e| UpstreamError::Exchange(format!("invalid request field: {}", e.0)))?;
-            }
-            // Boxed so HTTP/1.1 requests do not carry the HTTP/2 client's future.
-            let exchange = Box::pin(clients[w % clients.len()].request(req));
-            match tokio::time::timeout_at(deadline, exchange).await {
-                Err(_) => Err(UpstreamError::ResponseTimeout.into()),
-                Ok(Ok(resp)) => Ok(resp.map(UpstreamBody::H2)),
-                Ok(Err(e)) if e.is_connect() => {
-                    let timed_out = std::error::Error::source(&e)
-                        .and_then(|s| s.downcast_ref::<io::Error>())
-                        .is_some_and(|io| io.kind() == io::ErrorKind::TimedOut);
-                    if timed_out {
-                        Err(UpstreamError::ConnectTimeout.into())
-                    } else {
-                        Err(UpstreamError::Connect(error_chain(&e)).into())
-                    }
+) -> impl Future<Output = Result<Response<UpstreamBody>, SendFailure>> {
+    async move {
+        let pool = target.pool();
+        let deadline = now + pool.response_timeout;
+        // The calling worker's own pool: its connections live on this thread.
+        let w = current_worker();
+        match &pool.workers {
+            // HTTP/1.1 keeps its deadline timer with the connection (see `h1`).
+            Workers::H1(pools) => pools[w % pools.len()]
+                .send(req, passed, now, deadline)
+                .await
+                .map(|r| r.map(UpstreamBody::H1)),
+            Workers::H2(clients) => {
+                if let Some(passed) = passed {
+                    passed
+                        .merge_into(req.headers_mut())
+                        .map_err(|e| UpstreamError::Exchange(format!("invalid request field: {}", e.0)))?;
                 }
-                Ok(Err(e)) => Err(UpstreamError::Exchange(error_chain(&e)).into()),
+                // Boxed so HTTP/1.1 requests do not carry the HTTP/2 client's future.
+                let exchange = Box::pin(clients[w % clients.len()].request(req));
+                match tokio::time::timeout_at(deadline, exchange).await {
+                    Err(_) => Err(UpstreamError::ResponseTimeout.into()),
+                    Ok(Ok(resp)) => Ok(resp.map(UpstreamBody::H2)),
+                    Ok(Err(e)) if e.is_connect() => {
+                        let timed_out = std::error::Error::source(&e)
+                            .and_then(|s| s.downcast_ref::<io::Error>())
+                            .is_some_and(|io| io.kind() == io::ErrorKind::TimedOut);
+                        if timed_out {
+                            Err(UpstreamError::ConnectTimeout.into())
+                        } else {
+                            Err(UpstreamError::Connect(error_chain(&e)).into())
+                        }
+                    }
+                    Ok(Err(e)) => Err(UpstreamError::Exchange(error_chain(&e)).into()),
+                }
             }
         }
     }

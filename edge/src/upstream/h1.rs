@@ -130,78 +130,83 @@ pub(super) trait Release: Send + Unpin + 'static {
 
 /// Sends `req` on `conn` and returns the response once its head arrived. The body
 /// streams from the connection and hands it to `pool` when it ends cleanly.
-pub(super) async fn exchange<P: Release>(
+// Not an `async fn`, so the request is not copied again when first polled (see
+// `Proxy::handle`).
+#[allow(clippy::manual_async_fn)]
+pub(super) fn exchange<P: Release>(
     mut conn: Conn,
     req: Request<ProxyBody>,
     passed: Option<&Passed<'_>>,
     pool: P,
     deadline: Instant,
-) -> Result<Response<H1Body<P>>, Failed> {
-    let mut timer = match conn.timer.take() {
-        Some(mut t) => {
-            t.as_mut().reset(deadline);
-            t
+) -> impl Future<Output = Result<Response<H1Body<P>>, Failed>> {
+    async move {
+        let mut timer = match conn.timer.take() {
+            Some(mut t) => {
+                t.as_mut().reset(deadline);
+                t
+            }
+            None => Box::pin(tokio::time::sleep_until(deadline)),
+        };
+        let head_request = req.method() == Method::HEAD;
+        let upload = match encode_head(&req, passed, &mut conn.head) {
+            Framing::Empty => None,
+            framing => Some(framing),
+        };
+        let mut written = 0;
+        let (parts, body) = req.into_parts();
+        let mut body = Some(body);
+        // Write the head first: if none of it reaches the socket, the request is intact
+        // and may go elsewhere.
+        let head_result = poll_fn(|cx| {
+            let wrote = poll_write_all(&mut conn.io, &conn.head, &mut written, cx);
+            timed(wrote.map_err(H1Error::from), &mut timer, cx)
+        })
+        .await;
+        if let Err(e) = head_result {
+            // A timeout ends the request's time, wherever it is: never tried elsewhere.
+            let intact = written == 0 && !matches!(e, H1Error::Timeout);
+            let unsent = intact.then(|| Request::from_parts(parts, body.take().unwrap_or_else(empty)));
+            return Err(Failed { error: e, unsent });
         }
-        None => Box::pin(tokio::time::sleep_until(deadline)),
-    };
-    let head_request = req.method() == Method::HEAD;
-    let upload = match encode_head(&req, passed, &mut conn.head) {
-        Framing::Empty => None,
-        framing => Some(framing),
-    };
-    let mut written = 0;
-    let (parts, body) = req.into_parts();
-    let mut body = Some(body);
-    // Write the head first: if none of it reaches the socket, the request is intact
-    // and may go elsewhere.
-    let head_result = poll_fn(|cx| {
-        let wrote = poll_write_all(&mut conn.io, &conn.head, &mut written, cx);
-        timed(wrote.map_err(H1Error::from), &mut timer, cx)
-    })
-    .await;
-    if let Err(e) = head_result {
-        // A timeout ends the request's time, wherever it is: never tried elsewhere.
-        let intact = written == 0 && !matches!(e, H1Error::Timeout);
-        let unsent = intact.then(|| Request::from_parts(parts, body.take().unwrap_or_else(empty)));
-        return Err(Failed { error: e, unsent });
-    }
-    // Written: the head's fields are done with.
-    recycle(parts.headers);
-    let fail = |error| Failed { error, unsent: None };
+        // Written: the head's fields are done with.
+        recycle(parts.headers);
+        let fail = |error| Failed { error, unsent: None };
 
-    let mut upload = upload.zip(body.take()).map(|(framing, body)| Upload {
-        body,
-        framing,
-        out: Vec::new(),
-        done: false,
-    });
-    let mut informational = 0;
-    let head = poll_fn(|cx| {
-        let got = read_head(&mut conn, upload.as_mut(), &mut informational, head_request, cx);
-        timed(got, &mut timer, cx)
-    })
-    .await
-    .map_err(fail)?;
-    conn.timer = Some(timer);
-    // A response that came before the whole request went out ends the exchange
-    // early: the connection cannot carry another one.
-    let request_done = upload.as_ref().is_none_or(|u| u.done);
-    let reusable = head.keep_alive && request_done && head.framing != Framing::Close;
-    let mut body = H1Body {
-        conn: Some(conn),
-        decoder: Decoder::new(head.framing),
-        reusable,
-        pool: Some(pool),
-        raw: head.raw,
-    };
-    if body.decoder.is_end() {
-        body.finish();
+        let mut upload = upload.zip(body.take()).map(|(framing, body)| Upload {
+            body,
+            framing,
+            out: Vec::new(),
+            done: false,
+        });
+        let mut informational = 0;
+        let head = poll_fn(|cx| {
+            let got = read_head(&mut conn, upload.as_mut(), &mut informational, head_request, cx);
+            timed(got, &mut timer, cx)
+        })
+        .await
+        .map_err(fail)?;
+        conn.timer = Some(timer);
+        // A response that came before the whole request went out ends the exchange
+        // early: the connection cannot carry another one.
+        let request_done = upload.as_ref().is_none_or(|u| u.done);
+        let reusable = head.keep_alive && request_done && head.framing != Framing::Close;
+        let mut body = H1Body {
+            conn: Some(conn),
+            decoder: Decoder::new(head.framing),
+            reusable,
+            pool: Some(pool),
+            raw: head.raw,
+        };
+        if body.decoder.is_end() {
+            body.finish();
+        }
+        let mut resp = Response::new(body);
+        *resp.status_mut() = head.status;
+        *resp.version_mut() = head.version;
+        *resp.headers_mut() = head.headers;
+        Ok(resp)
     }
-    let mut resp = Response::new(body);
-    *resp.status_mut() = head.status;
-    *resp.version_mut() = head.version;
-    *resp.headers_mut() = head.headers;
-    Ok(resp)
 }
 
 /// Drives the upload (if any) and reads until a final response head is parsed.

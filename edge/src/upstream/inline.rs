@@ -107,44 +107,49 @@ impl InlinePool {
     /// Sends `req` and returns the response once its head arrived, by `deadline`;
     /// the body reads the connection from then on. `now` is the caller's recent
     /// clock reading.
-    pub(crate) async fn send(
+    // Not an `async fn`, so the request is not copied again when first polled (see
+    // `Proxy::handle`).
+    #[allow(clippy::manual_async_fn)]
+    pub(crate) fn send(
         self: &Arc<Self>,
         req: Request<ProxyBody>,
         passed: Option<&Passed<'_>>,
         now: Instant,
         deadline: Instant,
-    ) -> Result<Response<InlineBody>, SendFailure> {
-        let unsent = |error, req| SendFailure {
-            error,
-            unsent: Some(req),
-        };
-        let (conn, reused) = match self.acquire_by(now, deadline).await {
-            Ok(x) => x,
-            Err(UpstreamError::ResponseTimeout) => return Err(UpstreamError::ResponseTimeout.into()),
-            Err(e) => return Err(unsent(e, req)),
-        };
-        let req = match h1::exchange(conn, req, passed, self.clone(), deadline).await {
-            Ok(resp) => return Ok(resp.map(InlineBody)),
-            Err(h1::Failed {
+    ) -> impl Future<Output = Result<Response<InlineBody>, SendFailure>> {
+        async move {
+            let unsent = |error, req| SendFailure {
                 error,
                 unsent: Some(req),
-            }) if reused => {
-                tracing::debug!(error = %error, "pooled provider connection was stale; retrying on a new one");
-                req
-            }
-            Err(failed) => return Err(failure(failed)),
-        };
-        // The pooled connection had been closed by the provider: nothing was sent,
-        // so one retry is safe for any method.
-        let (conn, _) = match self.acquire_by(now, deadline).await {
-            Ok(x) => x,
-            Err(UpstreamError::ResponseTimeout) => return Err(UpstreamError::ResponseTimeout.into()),
-            Err(e) => return Err(unsent(e, req)),
-        };
-        h1::exchange(conn, req, passed, self.clone(), deadline)
-            .await
-            .map(|resp| resp.map(InlineBody))
-            .map_err(failure)
+            };
+            let (conn, reused) = match self.acquire_by(now, deadline).await {
+                Ok(x) => x,
+                Err(UpstreamError::ResponseTimeout) => return Err(UpstreamError::ResponseTimeout.into()),
+                Err(e) => return Err(unsent(e, req)),
+            };
+            let req = match h1::exchange(conn, req, passed, self.clone(), deadline).await {
+                Ok(resp) => return Ok(resp.map(InlineBody)),
+                Err(h1::Failed {
+                    error,
+                    unsent: Some(req),
+                }) if reused => {
+                    tracing::debug!(error = %error, "pooled provider connection was stale; retrying on a new one");
+                    req
+                }
+                Err(failed) => return Err(failure(failed)),
+            };
+            // The pooled connection had been closed by the provider: nothing was sent,
+            // so one retry is safe for any method.
+            let (conn, _) = match self.acquire_by(now, deadline).await {
+                Ok(x) => x,
+                Err(UpstreamError::ResponseTimeout) => return Err(UpstreamError::ResponseTimeout.into()),
+                Err(e) => return Err(unsent(e, req)),
+            };
+            h1::exchange(conn, req, passed, self.clone(), deadline)
+                .await
+                .map(|resp| resp.map(InlineBody))
+                .map_err(failure)
+        }
     }
 
     /// [`Self::acquire`] within `deadline`; an idle connection is taken without
