@@ -70,9 +70,15 @@ pub enum H1Error {
     Timeout,
 }
 
-/// An open connection to a provider with what has been read ahead on it.
+/// An open connection to a provider with what has been read ahead on it. Boxed once,
+/// when it is opened: every request hands it along by value (from the pool to the
+/// exchange, to the response body, back to the pool), and a pointer is cheaper to
+/// move through those futures and bodies than its 120 bytes.
 #[derive(Debug)]
-pub(super) struct Conn {
+pub(super) struct Conn(Box<Link>);
+
+#[derive(Debug)]
+pub(super) struct Link {
     io: UpstreamIo,
     buf: BytesMut,
     /// Head bytes to write, reused between requests.
@@ -83,17 +89,32 @@ pub(super) struct Conn {
     timer: Option<Pin<Box<Sleep>>>,
 }
 
+impl std::ops::Deref for Conn {
+    type Target = Link;
+    fn deref(&self) -> &Link {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Conn {
+    fn deref_mut(&mut self) -> &mut Link {
+        &mut self.0
+    }
+}
+
 impl Conn {
     /// A fresh connection.
     pub(super) fn new(io: UpstreamIo) -> Self {
-        Conn {
+        Conn(Box::new(Link {
             io,
             buf: BytesMut::with_capacity(8 * 1024),
             head: Vec::with_capacity(1024),
             timer: None,
-        }
+        }))
     }
+}
 
+impl Link {
     /// Whether an idle connection still looks usable: not closed by the provider
     /// and with nothing unasked-for to read. Polled with a no-op waker, never waits.
     pub(super) fn is_reusable(&mut self) -> bool {
@@ -159,7 +180,8 @@ pub(super) fn exchange<P: Release>(
         // Write the head first: if none of it reaches the socket, the request is intact
         // and may go elsewhere.
         let head_result = poll_fn(|cx| {
-            let wrote = poll_write_all(&mut conn.io, &conn.head, &mut written, cx);
+            let link = &mut *conn;
+            let wrote = poll_write_all(&mut link.io, &link.head, &mut written, cx);
             timed(wrote.map_err(H1Error::from), &mut timer, cx)
         })
         .await;
@@ -211,7 +233,7 @@ pub(super) fn exchange<P: Release>(
 
 /// Drives the upload (if any) and reads until a final response head is parsed.
 fn read_head(
-    conn: &mut Conn,
+    conn: &mut Link,
     upload: Option<&mut Upload>,
     informational: &mut usize,
     head_request: bool,
