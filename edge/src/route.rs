@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use smallvec::SmallVec;
 use meridian_proto::{CompiledPolicy, Jurisdiction, ProviderId, ProviderSet, ProviderSpec, ProviderState, Verdict};
+use smallvec::SmallVec;
 use tokio::time::Instant;
 
 use crate::origin::{Origin, OriginResolver, RequestFacts};

@@ -77,6 +77,7 @@ pub enum H1Error {
 #[derive(Debug)]
 pub(super) struct Conn(Box<Link>);
 
+/// What a [`Conn`] points to.
 #[derive(Debug)]
 pub(super) struct Link {
     io: UpstreamIo,
