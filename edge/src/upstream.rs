@@ -343,10 +343,7 @@ pub fn send(
         let w = current_worker();
         match &pool.workers {
             // HTTP/1.1 keeps its deadline timer with the connection (see `h1`).
-            Workers::H1(pools) => pools[w % pools.len()]
-                .send(req, passed, now, deadline)
-                .await
-                .map(|r| r.map(UpstreamBody::H1)),
+            Workers::H1(pools) => pools[w % pools.len()].send(req, passed, now, deadline).await,
             Workers::H2(clients) => {
                 if let Some(passed) = passed {
                     passed

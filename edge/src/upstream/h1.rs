@@ -151,17 +151,19 @@ pub(super) trait Release: Send + Unpin + 'static {
 }
 
 /// Sends `req` on `conn` and returns the response once its head arrived. The body
-/// streams from the connection and hands it to `pool` when it ends cleanly.
+/// streams from the connection and hands it to `pool` when it ends cleanly; it is
+/// made the caller's body type `B` here, so the response is built once rather than
+/// re-wrapped (moved) at each layer above.
 // Not an `async fn`, so the request is not copied again when first polled (see
 // `Proxy::handle`).
 #[allow(clippy::manual_async_fn)]
-pub(super) fn exchange<P: Release>(
+pub(super) fn exchange<P: Release, B: From<H1Body<P>>>(
     mut conn: Conn,
     req: Request<ProxyBody>,
     passed: Option<&Passed<'_>>,
     pool: P,
     deadline: Instant,
-) -> impl Future<Output = Result<Response<H1Body<P>>, Failed>> {
+) -> impl Future<Output = Result<Response<B>, Failed>> {
     async move {
         let mut timer = match conn.timer.take() {
             Some(mut t) => {
@@ -224,7 +226,7 @@ pub(super) fn exchange<P: Release>(
         if body.decoder.is_end() {
             body.finish();
         }
-        let mut resp = Response::new(body);
+        let mut resp = Response::new(B::from(body));
         *resp.status_mut() = head.status;
         *resp.version_mut() = head.version;
         *resp.headers_mut() = head.headers;

@@ -24,7 +24,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit};
 use tokio::time::Instant;
 
 use super::h1::{self, Conn, H1Body, Release};
-use super::{Connector, SendFailure, UpstreamError};
+use super::{Connector, SendFailure, UpstreamBody, UpstreamError};
 use crate::body::ProxyBody;
 use crate::codec::RawFields;
 use crate::headers::Passed;
@@ -44,6 +44,12 @@ impl InlineBody {
     /// The same, left in place.
     pub fn raw(&self) -> Option<&RawFields> {
         self.0.raw()
+    }
+}
+
+impl From<H1Body<Arc<InlinePool>>> for UpstreamBody {
+    fn from(body: H1Body<Arc<InlinePool>>) -> Self {
+        UpstreamBody::H1(InlineBody(body))
     }
 }
 
@@ -116,7 +122,7 @@ impl InlinePool {
         passed: Option<&Passed<'_>>,
         now: Instant,
         deadline: Instant,
-    ) -> impl Future<Output = Result<Response<InlineBody>, SendFailure>> {
+    ) -> impl Future<Output = Result<Response<UpstreamBody>, SendFailure>> {
         async move {
             let unsent = |error, req| SendFailure {
                 error,
@@ -128,7 +134,7 @@ impl InlinePool {
                 Err(e) => return Err(unsent(e, req)),
             };
             let req = match h1::exchange(conn, req, passed, self.clone(), deadline).await {
-                Ok(resp) => return Ok(resp.map(InlineBody)),
+                Ok(resp) => return Ok(resp),
                 Err(h1::Failed {
                     error,
                     unsent: Some(req),
@@ -147,7 +153,6 @@ impl InlinePool {
             };
             h1::exchange(conn, req, passed, self.clone(), deadline)
                 .await
-                .map(|resp| resp.map(InlineBody))
                 .map_err(failure)
         }
     }

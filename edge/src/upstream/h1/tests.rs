@@ -10,6 +10,17 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
 use super::*;
+
+/// The exchange with its body left as the exchange makes it.
+fn exchange<P: Release>(
+    conn: Conn,
+    req: Request<ProxyBody>,
+    passed: Option<&Passed<'_>>,
+    pool: P,
+    deadline: Instant,
+) -> impl Future<Output = Result<Response<H1Body<P>>, Failed>> {
+    super::exchange(conn, req, passed, pool, deadline)
+}
 use crate::upstream::Stream;
 use http::header::HeaderValue;
 
