@@ -35,6 +35,10 @@ pub struct CompareOptions {
     pub connections: usize,
     /// Fixed-rate rounds per size, each running every target once.
     pub rounds: usize,
+    /// Edge builds to measure, by name (e.g. a plain and a profile-guided build, side
+    /// by side in one run); empty: `meridian`, the `meridian-edge` built beside this
+    /// binary.
+    pub edges: Vec<(String, PathBuf)>,
     /// Also write the report here.
     pub out: Option<PathBuf>,
 }
@@ -82,27 +86,18 @@ pub async fn run(opts: CompareOptions) -> anyhow::Result<String> {
     put(upstream, "/obj-1k", vec![b'k'; 1024]).await?;
     put(upstream, "/obj-1m", vec![b'm'; 1 << 20]).await?;
 
-    let (edge_addr, admin) = (free_addr()?, free_addr()?);
-    let edge_cfg = work.join("edge.toml");
-    std::fs::write(
-        &edge_cfg,
-        format!(
-            "[listeners]\nhttp = \"{edge_addr}\"\nadmin = \"{admin}\"\n\n[limits]\nmax_connections = 4096\n\n\
-             [log]\naccess = false\n\n\
-             [[fleet.providers]]\nid = \"up\"\njurisdiction = \"US\"\nmax_connections = 512\n\
-             [fleet.providers.endpoint]\naddress = \"{upstream}\"\n\n\
-             [fleet.policy]\nunknown_origin = \"US\"\nrules = [{{ name = \"any\", origin = \"*\", allow = [\"*\"] }}]\n"
-        ),
-    )?;
-    let edge_bin = sibling_binary("meridian-edge")?;
-    let edge = Proc::spawn(
-        "meridian-edge",
-        Command::new(&edge_bin)
-            .args(["run", "--config"])
-            .arg(&edge_cfg)
-            .env("MERIDIAN_LOG", "warn"),
-    )?;
-    wait_http(admin, "/readyz", 200, Duration::from_secs(20)).await?;
+    let edge_bins = match opts.edges.as_slice() {
+        [] => vec![("meridian".to_owned(), sibling_binary("meridian-edge")?)],
+        given => given.to_vec(),
+    };
+    let mut names = BTreeSet::new();
+    if let Some((dup, _)) = edge_bins.iter().find(|(name, _)| !names.insert(name.as_str())) {
+        bail!("two edges named `{dup}`: each needs its own name for its rows");
+    }
+    let mut edges = Vec::new();
+    for (name, bin) in &edge_bins {
+        edges.push((name.as_str(), spawn_edge(&work, name, bin, upstream).await?));
+    }
 
     let nginx_addr = free_addr()?;
     let nginx_conf = work.join("nginx.conf");
@@ -128,21 +123,14 @@ pub async fn run(opts: CompareOptions) -> anyhow::Result<String> {
     // Before any load: what each proxy adds to a request and a response, so the CPU
     // columns are seen to compare the same job.
     let direct = fields_seen(upstream).await?;
+    let mut targets: Vec<(&str, SocketAddr, Option<&Proc>)> = vec![("direct", upstream, None)];
+    targets.extend(edges.iter().map(|(name, e)| (*name, e.addr, Some(&e.proc_))));
+    targets.push(("nginx", nginx_addr, Some(&nginx_proc)));
+    targets.push(("haproxy", haproxy_addr, Some(&haproxy_proc)));
     let mut work = Vec::new();
-    for (name, addr) in [
-        ("meridian", edge_addr),
-        ("nginx", nginx_addr),
-        ("haproxy", haproxy_addr),
-    ] {
+    for &(name, addr, _) in &targets[1..] {
         work.push((name, fields_seen(addr).await?.added_to(&direct)));
     }
-
-    let targets: [(&str, SocketAddr, Option<&Proc>); 4] = [
-        ("direct", upstream, None),
-        ("meridian", edge_addr, Some(&edge)),
-        ("nginx", nginx_addr, Some(&nginx_proc)),
-        ("haproxy", haproxy_addr, Some(&haproxy_proc)),
-    ];
     let sizes = [
         ("1 KiB", "/obj-1k", opts.rate_small),
         ("1 MiB", "/obj-1m", opts.rate_large),
@@ -150,7 +138,7 @@ pub async fn run(opts: CompareOptions) -> anyhow::Result<String> {
     let mut rows = Vec::new();
     for (size, path, rate) in sizes {
         let mut cells = Vec::new();
-        for (name, addr, _) in targets {
+        for &(name, addr, _) in &targets {
             eprintln!("{size} via {name}: closed loop...");
             cells.push(Cell::new(
                 name,
@@ -182,10 +170,12 @@ pub async fn run(opts: CompareOptions) -> anyhow::Result<String> {
         }
         rows.extend(cells.into_iter().map(|c| c.row(size)));
     }
+    drop(targets);
     drop(haproxy_proc);
     drop(nginx_proc);
-    drop(edge);
-    let mut report = render(&rows, &work, &opts);
+    let builds: Vec<(&str, String)> = edges.iter().map(|(name, e)| (*name, e.build.clone())).collect();
+    drop(edges);
+    let mut report = render(&rows, &builds, &work, &opts);
     if let Some(out) = &opts.out {
         for (size, tag) in [("1 KiB", "1k"), ("1 MiB", "1m")] {
             let svg_path = out.with_extension(format!("{tag}.svg"));
@@ -210,7 +200,7 @@ fn round_order(round: usize, n: usize) -> impl Iterator<Item = usize> {
 
 /// One target at one size, accumulated over the fixed-rate rounds.
 struct Cell {
-    target: &'static str,
+    target: String,
     rps: f64,
     ok: u64,
     errors: u64,
@@ -220,9 +210,9 @@ struct Cell {
 }
 
 impl Cell {
-    fn new(target: &'static str, rps: f64) -> Self {
+    fn new(target: &str, rps: f64) -> Self {
         Cell {
-            target,
+            target: target.to_owned(),
             rps,
             ok: 0,
             errors: 0,
@@ -255,7 +245,7 @@ impl Cell {
                 .map_or(0.0, |h| h.value_at_quantile(q) as f64 / 1000.0)
         };
         Row {
-            target: self.target.into(),
+            target: self.target.clone(),
             size: size.into(),
             rps: self.rps,
             p50: ms(0.50),
@@ -270,6 +260,49 @@ impl Cell {
             distribution: PLOTTED.iter().map(|&q| (q, ms(q))).collect(),
         }
     }
+}
+
+/// An edge under comparison.
+struct RunningEdge {
+    proc_: Proc,
+    addr: SocketAddr,
+    /// The binary and what its `--version` says, for the report.
+    build: String,
+}
+
+/// Starts the edge binary `bin` as `name`, in front of `upstream`, with the
+/// configuration every edge in the comparison gets; returns once it is ready.
+async fn spawn_edge(work: &Path, name: &str, bin: &Path, upstream: SocketAddr) -> anyhow::Result<RunningEdge> {
+    let version = Command::new(bin)
+        .arg("--version")
+        .output()
+        .with_context(|| format!("running {} --version", bin.display()))?;
+    let build = format!(
+        "`{}` ({})",
+        bin.display(),
+        String::from_utf8_lossy(&version.stdout).trim()
+    );
+    let (addr, admin) = (free_addr()?, free_addr()?);
+    let cfg = work.join(format!("edge-{name}.toml"));
+    std::fs::write(
+        &cfg,
+        format!(
+            "[listeners]\nhttp = \"{addr}\"\nadmin = \"{admin}\"\n\n[limits]\nmax_connections = 4096\n\n\
+             [log]\naccess = false\n\n\
+             [[fleet.providers]]\nid = \"up\"\njurisdiction = \"US\"\nmax_connections = 512\n\
+             [fleet.providers.endpoint]\naddress = \"{upstream}\"\n\n\
+             [fleet.policy]\nunknown_origin = \"US\"\nrules = [{{ name = \"any\", origin = \"*\", allow = [\"*\"] }}]\n"
+        ),
+    )?;
+    let proc_ = Proc::spawn(
+        name,
+        Command::new(bin)
+            .args(["run", "--config"])
+            .arg(&cfg)
+            .env("MERIDIAN_LOG", "warn"),
+    )?;
+    wait_http(admin, "/readyz", 200, Duration::from_secs(20)).await?;
+    Ok(RunningEdge { proc_, addr, build })
 }
 
 /// A simulated provider as its own process (`meridian-bench upstream`) on a free
@@ -470,8 +503,14 @@ fn tempfile_dir() -> anyhow::Result<PathBuf> {
 }
 
 /// The report as markdown: one table, plus the ratios the targets are judged by.
-pub fn render(rows: &[Row], work: &[(&str, Fields)], opts: &CompareOptions) -> String {
+/// `builds` names each edge measured and says which binary it was.
+pub fn render(rows: &[Row], builds: &[(&str, String)], work: &[(&str, Fields)], opts: &CompareOptions) -> String {
     let mut s = String::new();
+    let _ = writeln!(s, "Edge builds measured:\n");
+    for (name, build) in builds {
+        let _ = writeln!(s, "- {name}: {build}");
+    }
+    let _ = writeln!(s);
     let _ = writeln!(
         s,
         "Closed loop: wrk -t1 -c{c}, {d}s. Fixed rate: {rs}/s (1 KiB) and {rl}/s (1 MiB) over {c} connections, in\n\
@@ -511,23 +550,25 @@ pub fn render(rows: &[Row], work: &[(&str, Fields)], opts: &CompareOptions) -> S
     let _ = writeln!(s, "\nMeridian relative to nginx and HAProxy (same run):\n");
     let _ = writeln!(
         s,
-        "| size | vs | req/s ratio | p99 ratio (lower is better) | CPU/req ratio (lower is better) |"
+        "| size | edge | vs | req/s ratio | p99 ratio (lower is better) | CPU/req ratio (lower is better) |"
     );
-    let _ = writeln!(s, "|---|---|---:|---:|---:|");
+    let _ = writeln!(s, "|---|---|---|---:|---:|---:|");
     for size in ["1 KiB", "1 MiB"] {
         let find = |t: &str| rows.iter().find(|r| r.size == size && r.target == t);
-        for other in ["nginx", "haproxy"] {
-            if let (Some(m), Some(n)) = (find("meridian"), find(other)) {
-                let cpu = match (m.cpu_per_10k, n.cpu_per_10k) {
-                    (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
-                    _ => "-".into(),
-                };
-                let _ = writeln!(
-                    s,
-                    "| {size} | {other} | {:.2} | {:.2} | {cpu} |",
-                    m.rps / n.rps.max(1e-9),
-                    m.p99 / n.p99.max(1e-9)
-                );
+        for (edge, _) in builds {
+            for other in ["nginx", "haproxy"] {
+                if let (Some(m), Some(n)) = (find(edge), find(other)) {
+                    let cpu = match (m.cpu_per_10k, n.cpu_per_10k) {
+                        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
+                        _ => "-".into(),
+                    };
+                    let _ = writeln!(
+                        s,
+                        "| {size} | {edge} | {other} | {:.2} | {:.2} | {cpu} |",
+                        m.rps / n.rps.max(1e-9),
+                        m.p99 / n.p99.max(1e-9)
+                    );
+                }
             }
         }
     }
@@ -535,19 +576,21 @@ pub fn render(rows: &[Row], work: &[(&str, Fields)], opts: &CompareOptions) -> S
         s,
         "\nCPU/req ratio round by round (how much of the ratio above is this machine's noise):\n"
     );
-    let _ = writeln!(s, "| size | vs | per round |");
-    let _ = writeln!(s, "|---|---|---|");
+    let _ = writeln!(s, "| size | edge | vs | per round |");
+    let _ = writeln!(s, "|---|---|---|---|");
     for size in ["1 KiB", "1 MiB"] {
         let find = |t: &str| rows.iter().find(|r| r.size == size && r.target == t);
-        for other in ["nginx", "haproxy"] {
-            if let (Some(m), Some(n)) = (find("meridian"), find(other)) {
-                let per: Vec<String> = m
-                    .cpu_rounds
-                    .iter()
-                    .zip(&n.cpu_rounds)
-                    .map(|(a, b)| if *b > 0.0 { format!("{:.2}", a / b) } else { "-".into() })
-                    .collect();
-                let _ = writeln!(s, "| {size} | {other} | {} |", per.join(" / "));
+        for (edge, _) in builds {
+            for other in ["nginx", "haproxy"] {
+                if let (Some(m), Some(n)) = (find(edge), find(other)) {
+                    let per: Vec<String> = m
+                        .cpu_rounds
+                        .iter()
+                        .zip(&n.cpu_rounds)
+                        .map(|(a, b)| if *b > 0.0 { format!("{:.2}", a / b) } else { "-".into() })
+                        .collect();
+                    let _ = writeln!(s, "| {size} | {edge} | {other} | {} |", per.join(" / "));
+                }
             }
         }
     }

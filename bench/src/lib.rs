@@ -10,4 +10,5 @@ pub mod load;
 pub mod procs;
 pub mod protocols;
 pub mod push_scale;
+pub mod train;
 pub mod world;

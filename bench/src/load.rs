@@ -399,7 +399,6 @@ impl Connections {
         let (mut h2, mut h3) = (Vec::new(), Vec::new());
         let mut endpoint = None;
         match spec.proto {
-            Proto::H1 if spec.tls.is_some() => anyhow::bail!("HTTP/1.1 over TLS is not supported; use HTTP/2"),
             Proto::H1 => {}
             Proto::H2 => {
                 for _ in 0..count {
@@ -458,6 +457,22 @@ fn client_tls(roots: &Arc<rustls::RootCertStore>, alpn: &[u8]) -> Arc<rustls::Cl
     Arc::new(cfg)
 }
 
+/// An HTTP/1.1 connection: in clear, or over TLS (ALPN `http/1.1`) with `tls`.
+async fn h1_client(spec: &LoadSpec) -> anyhow::Result<H1> {
+    let Some(roots) = &spec.tls else {
+        return crate::procs::h1_client(spec.target).await;
+    };
+    let tcp = tokio::net::TcpStream::connect(spec.target).await?;
+    tcp.set_nodelay(true)?;
+    let name = rustls_pki_types::ServerName::try_from(spec.host.clone())?;
+    let tls = tokio_rustls::TlsConnector::from(client_tls(roots, b"http/1.1"))
+        .connect(name, tcp)
+        .await?;
+    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
+    tokio::spawn(conn);
+    Ok(send)
+}
+
 async fn h2_client(spec: &LoadSpec) -> anyhow::Result<H2> {
     let tcp = tokio::net::TcpStream::connect(spec.target).await?;
     tcp.set_nodelay(true)?;
@@ -504,7 +519,7 @@ impl Client {
         let resp = match self {
             Client::H1(conn) => {
                 if conn.is_none() {
-                    *conn = Some(crate::procs::h1_client(spec.target).await?);
+                    *conn = Some(h1_client(spec).await?);
                 }
                 let Some(send) = conn.as_mut() else {
                     anyhow::bail!("no connection");

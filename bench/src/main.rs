@@ -54,6 +54,12 @@ enum Cmd {
         /// Also write the markdown report to this file.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// An edge build to measure, NAME=PATH (e.g. `plain=target/release/meridian-edge`
+        /// `pgo=target/pgo/release/meridian-edge`, see scripts/build-pgo); repeatable:
+        /// each runs side by side with the others, nginx and HAProxy. Default: the
+        /// `meridian-edge` beside this binary, named `meridian`.
+        #[arg(long = "edge", value_name = "NAME=PATH", value_parser = parse_edge)]
+        edges: Vec<(String, PathBuf)>,
     },
     /// Load a target with a request mix, open loop at a fixed rate
     /// (coordinated-omission corrected) or closed loop; print latency quantiles
@@ -154,6 +160,19 @@ enum Cmd {
         #[arg(long)]
         h2: bool,
     },
+    /// Drive an edge binary built to write a profile (`-Cprofile-generate`) with the
+    /// workload a profile-guided build learns from: every protocol, small and large
+    /// objects, uploads, refusals; then stop it with SIGTERM so it writes the profile.
+    /// Used by `scripts/build-pgo`; fails if any request fails or the edge does not
+    /// exit 0.
+    Train {
+        /// The edge binary to drive.
+        #[arg(long)]
+        edge: PathBuf,
+        /// Seconds per load phase (seven phases).
+        #[arg(long, default_value_t = 5)]
+        duration: u64,
+    },
     /// Run one simulated provider (an S3-style object store) until killed. Its
     /// impairments can be changed while it runs: `PUT /_sim/impair` with a JSON body
     /// such as {"latency_ms": 50, "bandwidth_bps": 1000000, "error_rate": 0.1,
@@ -242,6 +261,15 @@ fn main() -> ExitCode {
                 println!("{report}");
                 Ok(())
             }
+            Cmd::Train { edge, duration } => {
+                let report = meridian_bench::train::run_training(meridian_bench::train::TrainOptions {
+                    edge,
+                    duration: Duration::from_secs(duration),
+                })
+                .await?;
+                println!("{report}");
+                Ok(())
+            }
             Cmd::PushScale { edges, changes, h2 } => {
                 let transport = if h2 {
                     meridian_edge::config::PushTransport::H2
@@ -264,6 +292,7 @@ fn main() -> ExitCode {
                 connections,
                 rounds,
                 out,
+                edges,
             } => {
                 let report = compare::run(compare::CompareOptions {
                     duration: Duration::from_secs(duration),
@@ -272,6 +301,7 @@ fn main() -> ExitCode {
                     connections,
                     rounds: rounds as usize,
                     out,
+                    edges,
                 })
                 .await?;
                 println!("{report}");
@@ -386,6 +416,41 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// `NAME=PATH` for `compare --edge`: a name for the report's rows (not one of the
+/// other targets') and an edge binary.
+fn parse_edge(s: &str) -> Result<(String, PathBuf), String> {
+    let (name, path) = s.split_once('=').ok_or_else(|| format!("`{s}`: expected NAME=PATH"))?;
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        return Err(format!("`{name}`: an edge's name is letters, digits, `-` and `_`"));
+    }
+    if matches!(name, "direct" | "nginx" | "haproxy") {
+        return Err(format!("`{name}` names another target of the comparison"));
+    }
+    Ok((name.to_owned(), PathBuf::from(path)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_edge;
+
+    #[test]
+    fn an_edge_is_a_name_and_a_path_and_the_name_is_its_own() {
+        assert_eq!(
+            parse_edge("pgo=target/pgo/release/meridian-edge").unwrap(),
+            ("pgo".to_owned(), "target/pgo/release/meridian-edge".into())
+        );
+        for (arg, says) in [
+            ("target/release/meridian-edge", "expected NAME=PATH"),
+            ("=x", "an edge's name"),
+            ("a b=x", "an edge's name"),
+            ("nginx=x", "names another target"),
+        ] {
+            let e = parse_edge(arg).unwrap_err();
+            assert!(e.contains(says), "{arg}: {e}");
         }
     }
 }

@@ -3,7 +3,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::path::PathBuf;
 use std::process::Command;
+
+/// The edge binary built beside this package's.
+fn edge_bin() -> PathBuf {
+    std::path::Path::new(env!("CARGO_BIN_EXE_meridian-bench")).with_file_name("meridian-edge")
+}
 
 /// Runs `meridian-bench ARGS --out FILE`; returns the report it wrote, and the file.
 fn report_of(args: &[&str]) -> (String, tempfile::NamedTempFile) {
@@ -30,8 +36,17 @@ fn row_cells<'a>(report: &'a str, first: &str, second: &str) -> Vec<&'a str> {
 
 #[test]
 fn compare_produces_a_full_report() {
+    // Two edge builds side by side (here the same binary twice, as a plain and a
+    // profile-guided build would be): each gets its rows and its ratios.
+    let edge = edge_bin();
+    let first = format!("meridian={}", edge.display());
+    let second = format!("second={}", edge.display());
     let (report, out_file) = report_of(&[
         "compare",
+        "--edge",
+        &first,
+        "--edge",
+        &second,
         "--duration",
         "1",
         "--rate-small",
@@ -43,7 +58,7 @@ fn compare_produces_a_full_report() {
         "--rounds",
         "2",
     ]);
-    for target in ["direct", "meridian", "nginx", "haproxy"] {
+    for target in ["direct", "meridian", "second", "nginx", "haproxy"] {
         for size in ["1 KiB", "1 MiB"] {
             let cells = row_cells(&report, size, target);
             let row = cells.join(" | ");
@@ -59,6 +74,12 @@ fn compare_produces_a_full_report() {
         }
     }
     assert!(report.contains("Meridian relative to nginx and HAProxy"));
+    // Each build is named with what its binary says it is.
+    let version = String::from_utf8(Command::new(&edge).arg("--version").output().unwrap().stdout).unwrap();
+    for name in ["meridian", "second"] {
+        let line = format!("- {name}: `{}` ({})", edge.display(), version.trim());
+        assert!(report.contains(&line), "{line}\n{report}");
+    }
     // Every proxy does the edge's header work, so CPU per request compares one job.
     let added = |target: &str| {
         let line = report
@@ -69,6 +90,7 @@ fn compare_produces_a_full_report() {
         (cells[2].clone(), cells[3].clone())
     };
     let (edge_request, edge_response) = added("meridian");
+    assert_eq!(added("second"), (edge_request.clone(), edge_response.clone()));
     for field in ["forwarded", "via", "x-forwarded-for", "x-forwarded-proto"] {
         assert!(edge_request.split(", ").any(|f| f == field), "{edge_request}");
     }
@@ -87,21 +109,25 @@ fn compare_produces_a_full_report() {
     }
     assert!(report.contains("| 1 KiB | haproxy |"), "{report}");
     assert!(report.contains("in\n2 rounds of 1s per target"), "{report}");
-    // Two fixed-rate rounds: the per-round CPU ratios list two figures each.
-    for other in ["nginx", "haproxy"] {
-        let line = report
-            .lines()
-            .rfind(|l| l.starts_with(&format!("| 1 KiB | {other} |")))
-            .unwrap();
-        let per = line.split('|').nth(3).unwrap();
-        assert_eq!(per.split('/').count(), 2, "{line}");
+    // Ratios for each edge against each other proxy; two fixed-rate rounds, so the
+    // per-round CPU ratios (the last such row) list two figures each.
+    for edge in ["meridian", "second"] {
+        for other in ["nginx", "haproxy"] {
+            let prefix = format!("| 1 KiB | {edge} | {other} |");
+            let rows: Vec<&str> = report.lines().filter(|l| l.starts_with(&prefix)).collect();
+            assert_eq!(rows.len(), 2, "{prefix}\n{report}");
+            let ratio: f64 = rows[0].split('|').nth(4).unwrap().trim().parse().unwrap();
+            assert!(ratio > 0.0, "{}", rows[0]);
+            let per = rows[1].split('|').nth(4).unwrap();
+            assert_eq!(per.split('/').count(), 2, "{}", rows[1]);
+        }
     }
     // One latency plot per size, a line per target, linked from the report.
     for tag in ["1k", "1m"] {
         let svg_path = out_file.path().with_extension(format!("{tag}.svg"));
         let svg = std::fs::read_to_string(&svg_path).unwrap();
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
-        assert_eq!(svg.matches("<polyline").count(), 4, "{svg}");
+        assert_eq!(svg.matches("<polyline").count(), 5, "{svg}");
         let name = svg_path.file_name().unwrap().to_string_lossy().into_owned();
         assert!(report.contains(&name), "the report links {name}");
         let _ = std::fs::remove_file(svg_path);
@@ -125,4 +151,43 @@ fn protocols_compares_http3_with_http2_through_the_edge() {
         }
     }
     assert!(report.contains("HTTP/3 relative to HTTP/2"), "{report}");
+}
+
+#[test]
+fn training_drives_every_protocol_and_stops_the_edge_cleanly() {
+    // What `scripts/build-pgo` runs against its instrumented edge, here against the
+    // plain one: every phase answers without an error, the refusals are refused,
+    // and the edge exits 0 on SIGTERM (else `train` fails: no profile is written).
+    let out = Command::new(env!("CARGO_BIN_EXE_meridian-bench"))
+        .args(["train", "--duration", "1", "--edge"])
+        .arg(edge_bin())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let phases = [
+        "HTTP/1.1, 1 KiB GETs",
+        "HTTP/1.1, mix",
+        "HTTP/1.1, mix, closed loop",
+        "HTTP/1.1 over TLS, mix",
+        "HTTP/2, 1 KiB GETs",
+        "HTTP/2, mix",
+        "HTTP/3, mix",
+        "refused: ambiguous framing",
+        "refused: request target too long",
+    ];
+    for phase in phases {
+        let row = stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("| {phase} |")))
+            .unwrap_or_else(|| panic!("no row for {phase}:\n{stdout}"));
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        let ok: u64 = cells[2].parse().unwrap();
+        assert!(ok > 0, "{row}");
+        assert_eq!(cells[3], "0", "errors in {row}");
+    }
 }

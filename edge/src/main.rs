@@ -17,10 +17,18 @@ use tokio::signal::unix::{SignalKind, signal};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// The version `--version` prints, saying how the binary was optimised when it was
+/// built by `scripts/build-pgo` (which sets `MERIDIAN_PGO`): benchmark reports
+/// print it, so a figure is never read as another build's.
+const VERSION: &str = match option_env!("MERIDIAN_PGO") {
+    Some(_) => concat!(env!("CARGO_PKG_VERSION"), " (profile-guided)"),
+    None => env!("CARGO_PKG_VERSION"),
+};
+
 /// Meridian edge: a residency-aware, latency-aware reverse proxy in front of storage
 /// providers.
 #[derive(Parser, Debug)]
-#[command(version, about, long_about = None)]
+#[command(version = VERSION, about, long_about = None)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
