@@ -20,7 +20,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full};
 
 use crate::load::{LoadSpec, fixed_rate};
-use crate::procs::{Proc, ensure_installed, sibling_binary, wait_http};
+use crate::procs::{Proc, ensure_installed, free_addr, sibling_binary, wait_http};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -70,10 +70,6 @@ pub struct Row {
 
 /// Quantiles plotted.
 const PLOTTED: [f64; 10] = [0.5, 0.75, 0.9, 0.95, 0.99, 0.995, 0.999, 0.9995, 0.9999, 1.0];
-
-fn free_addr() -> anyhow::Result<SocketAddr> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
-}
 
 /// Runs the comparison and returns the report (markdown).
 pub async fn run(opts: CompareOptions) -> anyhow::Result<String> {

@@ -10,6 +10,11 @@ use anyhow::{Context, bail};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
+/// A loopback address with a free TCP port for a child process to listen on.
+pub fn free_addr() -> anyhow::Result<SocketAddr> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
 /// A binary built beside the running one (same target directory; a test binary in
 /// `deps/` looks one level up).
 pub fn sibling_binary(name: &str) -> anyhow::Result<PathBuf> {

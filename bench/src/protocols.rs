@@ -5,8 +5,7 @@
 //! Read the results as ratios between the two rows of one run: the machine is shared.
 
 use std::fmt::Write as _;
-use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -14,7 +13,7 @@ use anyhow::Context;
 use meridian_sim::TestCa;
 
 use crate::load::{LoadResult, LoadSpec, Mode, Op, Proto, roots_from_pem, run, store_object};
-use crate::procs::{Proc, sibling_binary, wait_http};
+use crate::procs::{Proc, free_addr, sibling_binary, wait_http};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -48,19 +47,22 @@ pub struct ProtocolRow {
     pub cpu_per_10k: Option<f64>,
 }
 
-fn free_addr() -> anyhow::Result<SocketAddr> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+/// Writes a new CA (`ca.crt`) and a certificate for `bench.local` signed by it
+/// (`edge.crt`, `edge.key`) into `dir`, for an edge's TLS listeners.
+pub(crate) fn write_edge_certs(dir: &Path) -> anyhow::Result<()> {
+    let ca = TestCa::new("meridian bench CA")?;
+    let leaf = ca.issue(&["bench.local"])?;
+    std::fs::write(dir.join("ca.crt"), &ca.cert_pem)?;
+    std::fs::write(dir.join("edge.crt"), &leaf.cert_pem)?;
+    std::fs::write(dir.join("edge.key"), &leaf.key_pem)?;
+    Ok(())
 }
 
 /// Runs the comparison and returns the report (markdown).
 pub async fn run_protocols(opts: ProtocolOptions) -> anyhow::Result<String> {
     let work = tempfile::tempdir()?;
     let dir = work.path();
-    let ca = TestCa::new("meridian bench CA")?;
-    let leaf = ca.issue(&["bench.local"])?;
-    std::fs::write(dir.join("ca.crt"), &ca.cert_pem)?;
-    std::fs::write(dir.join("edge.crt"), &leaf.cert_pem)?;
-    std::fs::write(dir.join("edge.key"), &leaf.key_pem)?;
+    write_edge_certs(dir)?;
 
     let (_upstream, upstream) = crate::compare::spawn_upstream().await?;
     store_object(upstream, "bench.local", "/obj-1k", 1024).await?;

@@ -18,11 +18,10 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
-use meridian_sim::TestCa;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::load::{LoadSpec, Mode, Op, Proto, roots_from_pem, run, store_object};
-use crate::procs::{Proc, wait_http};
+use crate::procs::{Proc, free_addr, wait_http};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -33,10 +32,6 @@ pub struct TrainOptions {
     pub duration: Duration,
 }
 
-fn free_addr() -> anyhow::Result<SocketAddr> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
-}
-
 /// Requests of each refused kind sent in the refusal phase.
 const REFUSED_EACH: usize = 200;
 
@@ -44,11 +39,7 @@ const REFUSED_EACH: usize = 200;
 pub async fn run_training(opts: TrainOptions) -> anyhow::Result<String> {
     let work = tempfile::tempdir()?;
     let dir = work.path();
-    let ca = TestCa::new("meridian train CA")?;
-    let leaf = ca.issue(&["bench.local"])?;
-    std::fs::write(dir.join("ca.crt"), &ca.cert_pem)?;
-    std::fs::write(dir.join("edge.crt"), &leaf.cert_pem)?;
-    std::fs::write(dir.join("edge.key"), &leaf.key_pem)?;
+    crate::protocols::write_edge_certs(dir)?;
 
     let (_up_a, up_a) = crate::compare::spawn_upstream().await?;
     let (_up_b, up_b) = crate::compare::spawn_upstream().await?;
