@@ -1,5 +1,6 @@
-//! `meridian-bench compare`: the edge against nginx, HAProxy and going direct, same
-//! upstream, same run, same machine.
+//! `meridian-bench compare`: the edge (one build or several, e.g. plain and
+//! profile-guided) against nginx, HAProxy and going direct, same upstream, same run,
+//! same machine.
 //!
 //! For each response size it measures closed-loop requests/s (wrk), latency at a
 //! fixed request rate (open loop, coordinated-omission corrected), and the proxy
@@ -46,7 +47,8 @@ pub struct CompareOptions {
 /// One measured cell.
 #[derive(Debug, Clone, Default)]
 pub struct Row {
-    /// `direct`, `meridian` or `nginx`.
+    /// `direct`, an edge build's name (`meridian` unless `--edge` names others),
+    /// `nginx` or `haproxy`.
     pub target: String,
     /// `1 KiB` or `1 MiB`.
     pub size: String,
