@@ -21,7 +21,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full};
 
 use crate::load::{LoadSpec, fixed_rate};
-use crate::procs::{Proc, ensure_installed, free_addr, sibling_binary, wait_http};
+use crate::procs::{Proc, ensure_installed, free_addr, sibling_binary, start_edge, wait_http, write_edge_config};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -281,25 +281,14 @@ async fn spawn_edge(work: &Path, name: &str, bin: &Path, upstream: SocketAddr) -
         String::from_utf8_lossy(&version.stdout).trim()
     );
     let (addr, admin) = (free_addr()?, free_addr()?);
-    let cfg = work.join(format!("edge-{name}.toml"));
-    std::fs::write(
-        &cfg,
-        format!(
-            "[listeners]\nhttp = \"{addr}\"\nadmin = \"{admin}\"\n\n[limits]\nmax_connections = 4096\n\n\
-             [log]\naccess = false\n\n\
-             [[fleet.providers]]\nid = \"up\"\njurisdiction = \"US\"\nmax_connections = 512\n\
-             [fleet.providers.endpoint]\naddress = \"{upstream}\"\n\n\
-             [fleet.policy]\nunknown_origin = \"US\"\nrules = [{{ name = \"any\", origin = \"*\", allow = [\"*\"] }}]\n"
-        ),
+    let cfg = write_edge_config(
+        work,
+        &format!("edge-{name}.toml"),
+        &[("http", addr), ("admin", admin)],
+        false,
+        &[("up", upstream)],
     )?;
-    let proc_ = Proc::spawn(
-        name,
-        Command::new(bin)
-            .args(["run", "--config"])
-            .arg(&cfg)
-            .env("MERIDIAN_LOG", "warn"),
-    )?;
-    wait_http(admin, "/readyz", 200, Duration::from_secs(20)).await?;
+    let proc_ = start_edge(name, bin, &cfg, admin).await?;
     Ok(RunningEdge { proc_, addr, build })
 }
 

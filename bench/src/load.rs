@@ -457,42 +457,36 @@ fn client_tls(roots: &Arc<rustls::RootCertStore>, alpn: &[u8]) -> Arc<rustls::Cl
     Arc::new(cfg)
 }
 
-/// An HTTP/1.1 connection: in clear, or over TLS (ALPN `http/1.1`) with `tls`.
-async fn h1_client(spec: &LoadSpec) -> anyhow::Result<H1> {
-    let Some(roots) = &spec.tls else {
-        return crate::procs::h1_client(spec.target).await;
-    };
+/// A TCP connection to the target, with TLS offering `alpn` when the spec has `tls`.
+async fn connect(spec: &LoadSpec, alpn: &[u8]) -> anyhow::Result<TokioIo<Transport>> {
     let tcp = tokio::net::TcpStream::connect(spec.target).await?;
     tcp.set_nodelay(true)?;
+    let Some(roots) = &spec.tls else {
+        return Ok(TokioIo::new(Transport::Left(tcp)));
+    };
     let name = rustls_pki_types::ServerName::try_from(spec.host.clone())?;
-    let tls = tokio_rustls::TlsConnector::from(client_tls(roots, b"http/1.1"))
+    let tls = tokio_rustls::TlsConnector::from(client_tls(roots, alpn))
         .connect(name, tcp)
         .await?;
-    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
+    Ok(TokioIo::new(Transport::Right(tls)))
+}
+
+/// Cleartext or TLS.
+type Transport =
+    tokio_util::either::Either<tokio::net::TcpStream, tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+
+/// An HTTP/1.1 connection: in clear, or over TLS (ALPN `http/1.1`) with `tls`.
+async fn h1_client(spec: &LoadSpec) -> anyhow::Result<H1> {
+    let (send, conn) = hyper::client::conn::http1::handshake(connect(spec, b"http/1.1").await?).await?;
     tokio::spawn(conn);
     Ok(send)
 }
 
 async fn h2_client(spec: &LoadSpec) -> anyhow::Result<H2> {
-    let tcp = tokio::net::TcpStream::connect(spec.target).await?;
-    tcp.set_nodelay(true)?;
-    let builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
-    let send = match &spec.tls {
-        None => {
-            let (send, conn) = builder.handshake(TokioIo::new(tcp)).await?;
-            tokio::spawn(conn);
-            send
-        }
-        Some(roots) => {
-            let name = rustls_pki_types::ServerName::try_from(spec.host.clone())?;
-            let tls = tokio_rustls::TlsConnector::from(client_tls(roots, b"h2"))
-                .connect(name, tcp)
-                .await?;
-            let (send, conn) = builder.handshake(TokioIo::new(tls)).await?;
-            tokio::spawn(conn);
-            send
-        }
-    };
+    let (send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .handshake(connect(spec, b"h2").await?)
+        .await?;
+    tokio::spawn(conn);
     Ok(send)
 }
 

@@ -1,5 +1,6 @@
-//! Child processes for deployments and benchmarks: find sibling binaries, wait for
-//! readiness by polling, read CPU time from /proc, stop by PID.
+//! Child processes for deployments and benchmarks: find sibling binaries, start a
+//! benchmark's edge (its config and certificate included), wait for readiness by
+//! polling, read CPU time from /proc, stop by PID.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -13,6 +14,69 @@ use nix::unistd::Pid;
 /// A loopback address with a free TCP port for a child process to listen on.
 pub fn free_addr() -> anyhow::Result<SocketAddr> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+/// Writes a new CA (`ca.crt`) and a certificate for `bench.local` signed by it
+/// (`edge.crt`, `edge.key`) into `dir`, for a benchmark edge's TLS listeners.
+pub fn write_edge_certs(dir: &Path) -> anyhow::Result<()> {
+    let ca = meridian_sim::TestCa::new("meridian bench CA")?;
+    let leaf = ca.issue(&["bench.local"])?;
+    std::fs::write(dir.join("ca.crt"), &ca.cert_pem)?;
+    std::fs::write(dir.join("edge.crt"), &leaf.cert_pem)?;
+    std::fs::write(dir.join("edge.key"), &leaf.key_pem)?;
+    Ok(())
+}
+
+/// Writes `dir/file`, the config of a benchmark's edge: `listeners` by kind (`http`,
+/// `https`, `h3`, `admin`), the certificate of [`write_edge_certs`] (in `dir`) when
+/// `tls`, and `providers` (id, address) in the US, every origin allowed on all of
+/// them; no access log. Returns its path.
+pub fn write_edge_config(
+    dir: &Path,
+    file: &str,
+    listeners: &[(&str, SocketAddr)],
+    tls: bool,
+    providers: &[(&str, SocketAddr)],
+) -> anyhow::Result<PathBuf> {
+    use std::fmt::Write as _;
+    let mut s = String::from("[listeners]\n");
+    for (kind, addr) in listeners {
+        let _ = writeln!(s, "{kind} = \"{addr}\"");
+    }
+    s.push_str("\n[limits]\nmax_connections = 4096\n\n[log]\naccess = false\n\n");
+    if tls {
+        s.push_str(
+            "[tls]\ndefault_certificate = \"bench\"\n[[tls.certificates]]\nname = \"bench\"\n\
+             server_names = [\"bench.local\"]\ncert = \"edge.crt\"\nkey = \"edge.key\"\n\n",
+        );
+    }
+    for (id, addr) in providers {
+        let _ = writeln!(
+            s,
+            "[[fleet.providers]]\nid = \"{id}\"\njurisdiction = \"US\"\nmax_connections = 512\n\
+             [fleet.providers.endpoint]\naddress = \"{addr}\"\n"
+        );
+    }
+    s.push_str(
+        "[fleet.policy]\nunknown_origin = \"US\"\nrules = [{ name = \"any\", origin = \"*\", allow = [\"*\"] }]\n",
+    );
+    let path = dir.join(file);
+    std::fs::write(&path, s).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}
+
+/// Starts the edge binary `bin` (`name` in messages) with the config at `cfg` and
+/// returns once its admin listener `admin` reports it ready.
+pub async fn start_edge(name: &str, bin: &Path, cfg: &Path, admin: SocketAddr) -> anyhow::Result<Proc> {
+    let proc_ = Proc::spawn(
+        name,
+        Command::new(bin)
+            .args(["run", "--config"])
+            .arg(cfg)
+            .env("MERIDIAN_LOG", "warn"),
+    )?;
+    wait_http(admin, "/readyz", 200, Duration::from_secs(30)).await?;
+    Ok(proc_)
 }
 
 /// A binary built beside the running one (same target directory; a test binary in

@@ -5,15 +5,13 @@
 //! Read the results as ratios between the two rows of one run: the machine is shared.
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use meridian_sim::TestCa;
 
 use crate::load::{LoadResult, LoadSpec, Mode, Op, Proto, roots_from_pem, run, store_object};
-use crate::procs::{Proc, free_addr, sibling_binary, wait_http};
+use crate::procs::{free_addr, sibling_binary, start_edge, write_edge_certs, write_edge_config};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -47,17 +45,6 @@ pub struct ProtocolRow {
     pub cpu_per_10k: Option<f64>,
 }
 
-/// Writes a new CA (`ca.crt`) and a certificate for `bench.local` signed by it
-/// (`edge.crt`, `edge.key`) into `dir`, for an edge's TLS listeners.
-pub(crate) fn write_edge_certs(dir: &Path) -> anyhow::Result<()> {
-    let ca = TestCa::new("meridian bench CA")?;
-    let leaf = ca.issue(&["bench.local"])?;
-    std::fs::write(dir.join("ca.crt"), &ca.cert_pem)?;
-    std::fs::write(dir.join("edge.crt"), &leaf.cert_pem)?;
-    std::fs::write(dir.join("edge.key"), &leaf.key_pem)?;
-    Ok(())
-}
-
 /// Runs the comparison and returns the report (markdown).
 pub async fn run_protocols(opts: ProtocolOptions) -> anyhow::Result<String> {
     let work = tempfile::tempdir()?;
@@ -70,27 +57,14 @@ pub async fn run_protocols(opts: ProtocolOptions) -> anyhow::Result<String> {
 
     // HTTPS on TCP and HTTP/3 on UDP, the same port number (as Alt-Svc advertises).
     let (tls_addr, admin) = (free_addr()?, free_addr()?);
-    let edge_cfg = dir.join("edge.toml");
-    std::fs::write(
-        &edge_cfg,
-        format!(
-            "[listeners]\nhttps = \"{tls_addr}\"\nh3 = \"{tls_addr}\"\nadmin = \"{admin}\"\n\n\
-             [limits]\nmax_connections = 4096\n\n[log]\naccess = false\n\n\
-             [tls]\ndefault_certificate = \"bench\"\n[[tls.certificates]]\nname = \"bench\"\n\
-             server_names = [\"bench.local\"]\ncert = \"edge.crt\"\nkey = \"edge.key\"\n\n\
-             [[fleet.providers]]\nid = \"up\"\njurisdiction = \"US\"\nmax_connections = 512\n\
-             [fleet.providers.endpoint]\naddress = \"{upstream}\"\n\n\
-             [fleet.policy]\nunknown_origin = \"US\"\nrules = [{{ name = \"any\", origin = \"*\", allow = [\"*\"] }}]\n"
-        ),
+    let edge_cfg = write_edge_config(
+        dir,
+        "edge.toml",
+        &[("https", tls_addr), ("h3", tls_addr), ("admin", admin)],
+        true,
+        &[("up", upstream)],
     )?;
-    let edge = Proc::spawn(
-        "meridian-edge",
-        Command::new(sibling_binary("meridian-edge")?)
-            .args(["run", "--access-log", "off", "--config"])
-            .arg(&edge_cfg)
-            .env("MERIDIAN_LOG", "warn"),
-    )?;
-    wait_http(admin, "/readyz", 200, Duration::from_secs(20)).await?;
+    let edge = start_edge("meridian-edge", &sibling_binary("meridian-edge")?, &edge_cfg, admin).await?;
     let roots = roots_from_pem(&dir.join("ca.crt"))?;
 
     let mut rows = Vec::new();

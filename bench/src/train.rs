@@ -14,14 +14,13 @@
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::load::{LoadSpec, Mode, Op, Proto, roots_from_pem, run, store_object};
-use crate::procs::{Proc, free_addr, wait_http};
+use crate::procs::{free_addr, start_edge, write_edge_certs, write_edge_config};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -39,7 +38,7 @@ const REFUSED_EACH: usize = 200;
 pub async fn run_training(opts: TrainOptions) -> anyhow::Result<String> {
     let work = tempfile::tempdir()?;
     let dir = work.path();
-    crate::protocols::write_edge_certs(dir)?;
+    write_edge_certs(dir)?;
 
     let (_up_a, up_a) = crate::compare::spawn_upstream().await?;
     let (_up_b, up_b) = crate::compare::spawn_upstream().await?;
@@ -50,29 +49,14 @@ pub async fn run_training(opts: TrainOptions) -> anyhow::Result<String> {
     }
 
     let (http, tls, admin) = (free_addr()?, free_addr()?, free_addr()?);
-    let edge_cfg = dir.join("edge.toml");
-    std::fs::write(
-        &edge_cfg,
-        format!(
-            "[listeners]\nhttp = \"{http}\"\nhttps = \"{tls}\"\nh3 = \"{tls}\"\nadmin = \"{admin}\"\n\n\
-             [limits]\nmax_connections = 4096\n\n[log]\naccess = false\n\n\
-             [tls]\ndefault_certificate = \"bench\"\n[[tls.certificates]]\nname = \"bench\"\n\
-             server_names = [\"bench.local\"]\ncert = \"edge.crt\"\nkey = \"edge.key\"\n\n\
-             [[fleet.providers]]\nid = \"us-a\"\njurisdiction = \"US\"\nmax_connections = 512\n\
-             [fleet.providers.endpoint]\naddress = \"{up_a}\"\n\n\
-             [[fleet.providers]]\nid = \"us-b\"\njurisdiction = \"US\"\nmax_connections = 512\n\
-             [fleet.providers.endpoint]\naddress = \"{up_b}\"\n\n\
-             [fleet.policy]\nunknown_origin = \"US\"\nrules = [{{ name = \"any\", origin = \"*\", allow = [\"US\"] }}]\n"
-        ),
+    let edge_cfg = write_edge_config(
+        dir,
+        "edge.toml",
+        &[("http", http), ("https", tls), ("h3", tls), ("admin", admin)],
+        true,
+        &[("us-a", up_a), ("us-b", up_b)],
     )?;
-    let mut edge = Proc::spawn(
-        "meridian-edge",
-        Command::new(&opts.edge)
-            .args(["run", "--config"])
-            .arg(&edge_cfg)
-            .env("MERIDIAN_LOG", "warn"),
-    )?;
-    wait_http(admin, "/readyz", 200, Duration::from_secs(30)).await?;
+    let mut edge = start_edge("meridian-edge", &opts.edge, &edge_cfg, admin).await?;
     let roots = roots_from_pem(&dir.join("ca.crt"))?;
 
     let small = || vec![Op::get("/obj-1k", 1)];

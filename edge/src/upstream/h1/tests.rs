@@ -10,6 +10,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
 use super::*;
+use crate::upstream::Stream;
+use http::header::HeaderValue;
 
 /// The exchange with its body left as the exchange makes it.
 fn exchange<P: Release>(
@@ -21,8 +23,6 @@ fn exchange<P: Release>(
 ) -> impl Future<Output = Result<Response<H1Body<P>>, Failed>> {
     super::exchange(conn, req, passed, pool, deadline)
 }
-use crate::upstream::Stream;
-use http::header::HeaderValue;
 
 /// Keeps what the body hands back.
 #[derive(Clone, Default)]
