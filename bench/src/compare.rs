@@ -66,6 +66,8 @@ pub struct Row {
     pub cpu_per_10k: Option<f64>,
     /// The same, round by round.
     pub cpu_rounds: Vec<f64>,
+    /// Fixed-rate p99 (ms) round by round.
+    pub p99_rounds: Vec<f64>,
     /// Fixed-rate latency quantiles (quantile, ms), for the plots.
     pub distribution: Vec<(f64, f64)>,
 }
@@ -205,6 +207,7 @@ struct Cell {
     latency_us: Option<hdrhistogram::Histogram<u64>>,
     cpu_seconds: Option<f64>,
     cpu_rounds: Vec<f64>,
+    p99_rounds: Vec<f64>,
 }
 
 impl Cell {
@@ -217,12 +220,15 @@ impl Cell {
             latency_us: None,
             cpu_seconds: None,
             cpu_rounds: Vec::new(),
+            p99_rounds: Vec::new(),
         }
     }
 
     fn add(&mut self, res: crate::load::LoadResult, cpu_seconds: Option<f64>) -> anyhow::Result<()> {
         self.ok += res.ok;
         self.errors += res.errors;
+        self.p99_rounds
+            .push(res.latency_us.value_at_quantile(0.99) as f64 / 1000.0);
         match &mut self.latency_us {
             Some(h) => h.add(&res.latency_us).context("merging latency histograms")?,
             None => self.latency_us = Some(res.latency_us),
@@ -255,6 +261,7 @@ impl Cell {
                 .filter(|_| self.ok > 0)
                 .map(|c| c / self.ok as f64 * 10_000.0),
             cpu_rounds: self.cpu_rounds.clone(),
+            p99_rounds: self.p99_rounds.clone(),
             distribution: PLOTTED.iter().map(|&q| (q, ms(q))).collect(),
         }
     }
@@ -561,22 +568,44 @@ pub fn render(rows: &[Row], builds: &[(&str, String)], work: &[(&str, Fields)], 
     }
     let _ = writeln!(
         s,
-        "\nCPU/req ratio round by round (how much of the ratio above is this machine's noise):\n"
+        "\nRound by round: each round runs every target once, so a round's ratio pairs figures taken\n\
+         close together in time. The interval is a 95 % confidence interval of the geometric mean of those\n\
+         paired ratios (Student's t over the rounds): \"lower\" or \"higher\" when it lies wholly on one side of\n\
+         1, \"level\" when this machine's noise cannot tell the two apart.\n"
     );
-    let _ = writeln!(s, "| size | edge | vs | per round |");
-    let _ = writeln!(s, "|---|---|---|---|");
-    for size in ["1 KiB", "1 MiB"] {
-        let find = |t: &str| rows.iter().find(|r| r.size == size && r.target == t);
-        for (edge, _) in builds {
-            for other in ["nginx", "haproxy"] {
-                if let (Some(m), Some(n)) = (find(edge), find(other)) {
-                    let per: Vec<String> = m
-                        .cpu_rounds
-                        .iter()
-                        .zip(&n.cpu_rounds)
-                        .map(|(a, b)| if *b > 0.0 { format!("{:.2}", a / b) } else { "-".into() })
-                        .collect();
-                    let _ = writeln!(s, "| {size} | {edge} | {other} | {} |", per.join(" / "));
+    let _ = writeln!(
+        s,
+        "| size | edge | vs | per round | geometric mean (95 % interval) | reading |"
+    );
+    let _ = writeln!(s, "|---|---|---|---|---|---|");
+    type Figures = fn(&Row) -> &[f64];
+    let measures: [(&str, Figures); 2] = [("CPU/req", |r| &r.cpu_rounds), ("p99", |r| &r.p99_rounds)];
+    for (what, figures) in measures {
+        for size in ["1 KiB", "1 MiB"] {
+            let find = |t: &str| rows.iter().find(|r| r.size == size && r.target == t);
+            for (edge, _) in builds {
+                for other in ["nginx", "haproxy"] {
+                    if let (Some(m), Some(n)) = (find(edge), find(other)) {
+                        let ratios: Vec<f64> = figures(m)
+                            .iter()
+                            .zip(figures(n))
+                            .filter(|(a, b)| **a > 0.0 && **b > 0.0)
+                            .map(|(a, b)| a / b)
+                            .collect();
+                        let per: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
+                        let (mean, reading) = match RatioInterval::of(&ratios) {
+                            Some(i) => (
+                                format!("{:.3} ({:.3} to {:.3})", i.mean, i.low, i.high),
+                                i.reading().to_owned(),
+                            ),
+                            None => ("-".to_owned(), "-".to_owned()),
+                        };
+                        let _ = writeln!(
+                            s,
+                            "| {size} | {edge} | {other} | {what}: {} | {mean} | {reading} |",
+                            per.join(" / ")
+                        );
+                    }
                 }
             }
         }
@@ -584,9 +613,60 @@ pub fn render(rows: &[Row], builds: &[(&str, String)], work: &[(&str, Fields)], 
     s
 }
 
+/// Where the geometric mean of paired per-round ratios lies, with a 95 % interval.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RatioInterval {
+    /// Geometric mean of the per-round ratios.
+    pub mean: f64,
+    /// Lower end of the 95 % interval.
+    pub low: f64,
+    /// Upper end of the 95 % interval.
+    pub high: f64,
+}
+
+impl RatioInterval {
+    /// None below two rounds (no spread to judge by) or for a non-positive ratio.
+    pub fn of(ratios: &[f64]) -> Option<RatioInterval> {
+        let n = ratios.len();
+        if n < 2 || !ratios.iter().all(|r| r.is_finite() && *r > 0.0) {
+            return None;
+        }
+        // Ratios are compared on a log scale, so 0.5 and 2.0 are equally far from 1.
+        let logs: Vec<f64> = ratios.iter().map(|r| r.ln()).collect();
+        let mean = logs.iter().sum::<f64>() / n as f64;
+        let var = logs.iter().map(|l| (l - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
+        let half = t_975(n - 1) * (var / n as f64).sqrt();
+        Some(RatioInterval {
+            mean: mean.exp(),
+            low: (mean - half).exp(),
+            high: (mean + half).exp(),
+        })
+    }
+
+    /// "lower" or "higher" when the interval lies wholly on one side of 1, else "level".
+    pub fn reading(&self) -> &'static str {
+        if self.high < 1.0 {
+            "lower"
+        } else if self.low > 1.0 {
+            "higher"
+        } else {
+            "level"
+        }
+    }
+}
+
+/// Student's t, two-sided 95 %, for `df` degrees of freedom (`--rounds` is at most 20).
+fn t_975(df: usize) -> f64 {
+    const T: [f64; 30] = [
+        12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+        2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
+    ];
+    T.get(df.saturating_sub(1)).copied().unwrap_or(1.960)
+}
+
 #[cfg(test)]
 mod tests {
-    use super::round_order;
+    use super::{RatioInterval, round_order};
 
     #[test]
     fn four_rounds_put_each_of_four_targets_once_in_every_position() {
@@ -601,5 +681,33 @@ mod tests {
             each.sort_unstable();
             assert_eq!(each, [0, 1, 2, 3], "every target once per round: {o:?}");
         }
+    }
+
+    #[test]
+    fn ratio_interval_reads_lower_level_and_higher() {
+        // Identical rounds: no spread, the interval is the point.
+        let same = RatioInterval::of(&[0.9, 0.9, 0.9]).unwrap();
+        assert!((same.mean - 0.9).abs() < 1e-12 && (same.low - 0.9).abs() < 1e-12 && (same.high - 0.9).abs() < 1e-12);
+        assert_eq!(same.reading(), "lower");
+        // Symmetric on a log scale about 1: mean 1, interval straddles it.
+        let even = RatioInterval::of(&[0.8, 1.25, 0.8, 1.25]).unwrap();
+        assert!((even.mean - 1.0).abs() < 1e-12, "{even:?}");
+        assert!((even.low * even.high - 1.0).abs() < 1e-9, "{even:?}");
+        assert_eq!(even.reading(), "level");
+        // Two rounds 1.10 and 1.20: t(1) = 12.706 makes the interval wide, so level;
+        // sixteen rounds alternating between them make it narrow, so higher.
+        assert_eq!(RatioInterval::of(&[1.1, 1.2]).unwrap().reading(), "level");
+        let many: Vec<f64> = (0..16).map(|i| if i % 2 == 0 { 1.1 } else { 1.2 }).collect();
+        let i = RatioInterval::of(&many).unwrap();
+        assert_eq!(i.reading(), "higher", "{i:?}");
+        // Hand-computed: logs of 1.1 and 1.2, sd over 16 rounds, t(15) = 2.131.
+        let (a, b) = (1.1f64.ln(), 1.2f64.ln());
+        let m = (a + b) / 2.0;
+        let sd = (((a - m).powi(2) + (b - m).powi(2)) * 8.0 / 15.0).sqrt();
+        assert!((i.low - (m - 2.131 * sd / 4.0).exp()).abs() < 1e-12, "{i:?}");
+        // Too few rounds, or a figure that cannot be a ratio.
+        assert_eq!(RatioInterval::of(&[1.0]), None);
+        assert_eq!(RatioInterval::of(&[1.0, 0.0]), None);
+        assert_eq!(RatioInterval::of(&[1.0, f64::NAN]), None);
     }
 }

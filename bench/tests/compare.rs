@@ -110,16 +110,25 @@ fn compare_produces_a_full_report() {
     assert!(report.contains("| 1 KiB | haproxy |"), "{report}");
     assert!(report.contains("in\n2 rounds of 1s per target"), "{report}");
     // Ratios for each edge against each other proxy; two fixed-rate rounds, so the
-    // per-round CPU ratios (the last such row) list two figures each.
+    // round-by-round rows (CPU, then p99) list two figures each with an interval.
     for edge in ["meridian", "second"] {
         for other in ["nginx", "haproxy"] {
             let prefix = format!("| 1 KiB | {edge} | {other} |");
             let rows: Vec<&str> = report.lines().filter(|l| l.starts_with(&prefix)).collect();
-            assert_eq!(rows.len(), 2, "{prefix}\n{report}");
+            assert_eq!(rows.len(), 3, "{prefix}\n{report}");
             let ratio: f64 = rows[0].split('|').nth(4).unwrap().trim().parse().unwrap();
             assert!(ratio > 0.0, "{}", rows[0]);
-            let per = rows[1].split('|').nth(4).unwrap();
-            assert_eq!(per.split('/').count(), 2, "{}", rows[1]);
+            for (row, what) in rows[1..].iter().zip(["CPU/req: ", "p99: "]) {
+                let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+                let per = cells[4].strip_prefix(what).unwrap_or_else(|| panic!("{what} in {row}"));
+                assert_eq!(per.split(" / ").count(), 2, "{row}");
+                let (mean, interval) = cells[5].split_once(" (").unwrap_or_else(|| panic!("interval in {row}"));
+                let mean: f64 = mean.parse().unwrap();
+                let (low, high) = interval.trim_end_matches(')').split_once(" to ").unwrap();
+                let (low, high): (f64, f64) = (low.parse().unwrap(), high.parse().unwrap());
+                assert!(0.0 <= low && low <= mean && mean <= high, "{row}");
+                assert!(["lower", "level", "higher"].contains(&cells[6]), "{row}");
+            }
         }
     }
     // One latency plot per size, a line per target, linked from the report.
