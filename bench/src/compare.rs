@@ -21,7 +21,13 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full};
 
 use crate::load::{LoadSpec, fixed_rate};
-use crate::procs::{Proc, ensure_installed, free_addr, sibling_binary, start_edge, wait_http, write_edge_config};
+use crate::procs::{
+    Proc, command_on, cpus_allowed, ensure_installed, free_addr, pin_this_process, sibling_binary, start_edge,
+    wait_http, write_edge_config,
+};
+
+/// With `--pin`: the proxies' CPU, as a `taskset` list.
+const PROXY_CPU: &str = "0";
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -42,6 +48,11 @@ pub struct CompareOptions {
     pub edges: Vec<(String, PathBuf)>,
     /// Also write the report here.
     pub out: Option<PathBuf>,
+    /// Give the proxies CPU 0 to themselves, one worker each, and run the load
+    /// generator, the provider and wrk on the other CPUs (as a deployment keeps the
+    /// provider and the clients off the proxy's cores); otherwise everything shares
+    /// every CPU and each proxy runs one worker per CPU.
+    pub pin: bool,
 }
 
 /// One measured cell.
@@ -81,6 +92,18 @@ pub async fn run(opts: CompareOptions) -> anyhow::Result<String> {
     let wrk = ensure_installed("wrk", "wrk")?;
     let haproxy = ensure_installed("haproxy", "haproxy")?;
     let work = tempfile_dir()?;
+    // Before anything starts, so the provider and wrk inherit the other CPUs.
+    let proxy_cpus = if opts.pin {
+        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+        if n < 2 {
+            bail!("--pin needs at least two CPUs (one for the proxies, one for the rest); this machine has {n}");
+        }
+        pin_this_process(&(1..n).collect::<Vec<_>>())?;
+        Some(PROXY_CPU)
+    } else {
+        None
+    };
+    let workers = if opts.pin { 1 } else { 0 };
 
     let (_upstream, upstream) = spawn_upstream().await?;
     put(upstream, "/obj-1k", vec![b'k'; 1024]).await?;
@@ -96,15 +119,18 @@ pub async fn run(opts: CompareOptions) -> anyhow::Result<String> {
     }
     let mut edges = Vec::new();
     for (name, bin) in &edge_bins {
-        edges.push((name.as_str(), spawn_edge(&work, name, bin, upstream).await?));
+        edges.push((
+            name.as_str(),
+            spawn_edge(&work, name, bin, upstream, proxy_cpus, workers).await?,
+        ));
     }
 
     let nginx_addr = free_addr()?;
     let nginx_conf = work.join("nginx.conf");
-    std::fs::write(&nginx_conf, nginx_config(&work, nginx_addr, upstream))?;
+    std::fs::write(&nginx_conf, nginx_config(&work, nginx_addr, upstream, workers))?;
     let nginx_proc = Proc::spawn(
         "nginx",
-        Command::new(&nginx)
+        command_on(&nginx, proxy_cpus)
             .arg("-p")
             .arg(&work)
             .arg("-c")
@@ -116,9 +142,24 @@ pub async fn run(opts: CompareOptions) -> anyhow::Result<String> {
 
     let haproxy_addr = free_addr()?;
     let haproxy_cfg = work.join("haproxy.cfg");
-    std::fs::write(&haproxy_cfg, haproxy_config(haproxy_addr, upstream))?;
-    let haproxy_proc = Proc::spawn("haproxy", Command::new(&haproxy).arg("-db").arg("-f").arg(&haproxy_cfg))?;
+    std::fs::write(&haproxy_cfg, haproxy_config(haproxy_addr, upstream, workers))?;
+    let haproxy_proc = Proc::spawn(
+        "haproxy",
+        command_on(&haproxy, proxy_cpus).arg("-db").arg("-f").arg(&haproxy_cfg),
+    )?;
     wait_http(haproxy_addr, "/obj-1k", 200, Duration::from_secs(20)).await?;
+
+    // Where each process may run, read back from the kernel rather than assumed.
+    let mut placement = vec![(
+        "load generator, provider, wrk".to_owned(),
+        cpus_allowed(std::process::id()),
+    )];
+    for (name, e) in &edges {
+        placement.push(((*name).to_owned(), cpus_allowed(e.proc_.pid().as_raw() as u32)));
+    }
+    for (name, p) in [("nginx", &nginx_proc), ("haproxy", &haproxy_proc)] {
+        placement.push((name.to_owned(), cpus_allowed(p.pid().as_raw() as u32)));
+    }
 
     // Before any load: what each proxy adds to a request and a response, so the CPU
     // columns are seen to compare the same job.
@@ -175,7 +216,7 @@ pub async fn run(opts: CompareOptions) -> anyhow::Result<String> {
     drop(nginx_proc);
     let builds: Vec<(&str, String)> = edges.iter().map(|(name, e)| (*name, e.build.clone())).collect();
     drop(edges);
-    let mut report = render(&rows, &builds, &work, &opts);
+    let mut report = render(&rows, &builds, &placement, &work, &opts);
     if let Some(out) = &opts.out {
         for (size, tag) in [("1 KiB", "1k"), ("1 MiB", "1m")] {
             let svg_path = out.with_extension(format!("{tag}.svg"));
@@ -277,7 +318,14 @@ struct RunningEdge {
 
 /// Starts the edge binary `bin` as `name`, in front of `upstream`, with the
 /// configuration every edge in the comparison gets; returns once it is ready.
-async fn spawn_edge(work: &Path, name: &str, bin: &Path, upstream: SocketAddr) -> anyhow::Result<RunningEdge> {
+async fn spawn_edge(
+    work: &Path,
+    name: &str,
+    bin: &Path,
+    upstream: SocketAddr,
+    cpus: Option<&str>,
+    workers: u32,
+) -> anyhow::Result<RunningEdge> {
     let version = Command::new(bin)
         .arg("--version")
         .output()
@@ -294,8 +342,9 @@ async fn spawn_edge(work: &Path, name: &str, bin: &Path, upstream: SocketAddr) -
         &[("http", addr), ("admin", admin)],
         false,
         &[("up", upstream)],
+        workers,
     )?;
-    let proc_ = start_edge(name, bin, &cfg, admin).await?;
+    let proc_ = start_edge(name, bin, &cfg, admin, cpus).await?;
     Ok(RunningEdge { proc_, addr, build })
 }
 
@@ -311,14 +360,19 @@ pub(crate) async fn spawn_upstream() -> anyhow::Result<(Proc, SocketAddr)> {
     Ok((proc_, addr))
 }
 
-fn nginx_config(work: &Path, listen: SocketAddr, upstream: SocketAddr) -> String {
+/// nginx's configuration; `workers` 0 means one per core.
+fn nginx_config(work: &Path, listen: SocketAddr, upstream: SocketAddr, workers: u32) -> String {
     let w = work.display();
+    let workers = match workers {
+        0 => "auto".to_owned(),
+        n => n.to_string(),
+    };
     // Same shape and the same header work as the edge: keep-alive to the upstream,
     // streaming (no buffering to disk), no access log, one worker per core; the
     // client's `Host` passed on, the forwarding trail replaced (an untrusted client)
     // and `Via` added both ways.
     format!(
-        "daemon off;\nworker_processes auto;\npid {w}/nginx.pid;\nerror_log {w}/error.log warn;\n\
+        "daemon off;\nworker_processes {workers};\npid {w}/nginx.pid;\nerror_log {w}/error.log warn;\n\
          events {{ worker_connections 4096; }}\n\
          http {{\n  access_log off;\n  client_body_temp_path {w}/body;\n  proxy_temp_path {w}/proxy;\n\
          fastcgi_temp_path {w}/fastcgi;\n  uwsgi_temp_path {w}/uwsgi;\n  scgi_temp_path {w}/scgi;\n\
@@ -332,7 +386,8 @@ fn nginx_config(work: &Path, listen: SocketAddr, upstream: SocketAddr) -> String
     )
 }
 
-fn haproxy_config(listen: SocketAddr, upstream: SocketAddr) -> String {
+/// HAProxy's configuration; `workers` 0 means one thread per core.
+fn haproxy_config(listen: SocketAddr, upstream: SocketAddr, workers: u32) -> String {
     // Same shape and header work as the edge and nginx: keep-alive and connection
     // reuse to the upstream, one thread per core, no logging, the forwarding trail
     // replaced and `Via` added both ways.
@@ -347,7 +402,10 @@ fn haproxy_config(listen: SocketAddr, upstream: SocketAddr) -> String {
          \x20 http-request add-header Via \"1.1 haproxy\"\n\
          \x20 http-response add-header Via \"1.1 haproxy\"\n\n\
          backend b\n  server up {upstream} maxconn 512\n",
-        threads = std::thread::available_parallelism().map_or(1, |n| n.get())
+        threads = match workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n as usize,
+        }
     )
 }
 
@@ -498,11 +556,33 @@ fn tempfile_dir() -> anyhow::Result<PathBuf> {
 
 /// The report as markdown: one table, plus the ratios the targets are judged by.
 /// `builds` names each edge measured and says which binary it was.
-pub fn render(rows: &[Row], builds: &[(&str, String)], work: &[(&str, Fields)], opts: &CompareOptions) -> String {
+/// `placement` lists the CPUs each process may run on.
+pub fn render(
+    rows: &[Row],
+    builds: &[(&str, String)],
+    placement: &[(String, String)],
+    work: &[(&str, Fields)],
+    opts: &CompareOptions,
+) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "Edge builds measured:\n");
     for (name, build) in builds {
         let _ = writeln!(s, "- {name}: {build}");
+    }
+    let _ = writeln!(s);
+    let _ = writeln!(
+        s,
+        "{}\n",
+        if opts.pin {
+            "Pinned (`--pin`): the proxies have CPU 0 to themselves, one worker each; the load generator, the \
+             provider and wrk run on the other CPUs. CPUs each process may run on:"
+        } else {
+            "Not pinned: every process may run on every CPU, and each proxy runs one worker per CPU. CPUs each \
+             process may run on:"
+        }
+    );
+    for (who, cpus) in placement {
+        let _ = writeln!(s, "- {who}: {cpus}");
     }
     let _ = writeln!(s);
     let _ = writeln!(

@@ -60,6 +60,12 @@ enum Cmd {
         /// `meridian-edge` beside this binary, named `meridian`.
         #[arg(long = "edge", value_name = "NAME=PATH", value_parser = parse_edge)]
         edges: Vec<(String, PathBuf)>,
+        /// Give the proxies CPU 0 to themselves, one worker each, and run the load
+        /// generator, the provider and wrk on the other CPUs, so a proxy's CPU is not
+        /// shaped by where the kernel places the provider and the clients (a deployment
+        /// does not run them on the proxy's cores). Needs two CPUs or more.
+        #[arg(long)]
+        pin: bool,
     },
     /// Load a target with a request mix, open loop at a fixed rate
     /// (coordinated-omission corrected) or closed loop; print latency quantiles
@@ -293,6 +299,7 @@ fn main() -> ExitCode {
                 rounds,
                 out,
                 edges,
+                pin,
             } => {
                 let report = compare::run(compare::CompareOptions {
                     duration: Duration::from_secs(duration),
@@ -302,6 +309,7 @@ fn main() -> ExitCode {
                     rounds: rounds as usize,
                     out,
                     edges,
+                    pin,
                 })
                 .await?;
                 println!("{report}");

@@ -37,6 +37,7 @@ pub fn write_edge_config(
     listeners: &[(&str, SocketAddr)],
     tls: bool,
     providers: &[(&str, SocketAddr)],
+    workers: u32,
 ) -> anyhow::Result<PathBuf> {
     use std::fmt::Write as _;
     let mut s = String::from("[listeners]\n");
@@ -44,6 +45,9 @@ pub fn write_edge_config(
         let _ = writeln!(s, "{kind} = \"{addr}\"");
     }
     s.push_str("\n[limits]\nmax_connections = 4096\n\n[log]\naccess = false\n\n");
+    if workers > 0 {
+        let _ = writeln!(s, "[runtime]\nworkers = {workers}\n");
+    }
     if tls {
         s.push_str(
             "[tls]\ndefault_certificate = \"bench\"\n[[tls.certificates]]\nname = \"bench\"\n\
@@ -65,18 +69,71 @@ pub fn write_edge_config(
     Ok(path)
 }
 
-/// Starts the edge binary `bin` (`name` in messages) with the config at `cfg` and
-/// returns once its admin listener `admin` reports it ready.
-pub async fn start_edge(name: &str, bin: &Path, cfg: &Path, admin: SocketAddr) -> anyhow::Result<Proc> {
+/// Starts the edge binary `bin` (`name` in messages) with the config at `cfg`, on
+/// the CPUs `cpus` (see [`command_on`]), and returns once its admin listener `admin`
+/// reports it ready.
+pub async fn start_edge(
+    name: &str,
+    bin: &Path,
+    cfg: &Path,
+    admin: SocketAddr,
+    cpus: Option<&str>,
+) -> anyhow::Result<Proc> {
     let proc_ = Proc::spawn(
         name,
-        Command::new(bin)
+        command_on(bin, cpus)
             .args(["run", "--config"])
             .arg(cfg)
             .env("MERIDIAN_LOG", "warn"),
     )?;
     wait_http(admin, "/readyz", 200, Duration::from_secs(30)).await?;
     Ok(proc_)
+}
+
+/// A command for `program`, started on the CPUs in `cpus` (a `taskset` list such as
+/// `"0"` or `"1-3"`) when given: `taskset` sets the affinity and then executes the
+/// program, so the child's PID is the program's and its threads and children inherit
+/// the affinity.
+pub fn command_on(program: &Path, cpus: Option<&str>) -> Command {
+    match cpus {
+        Some(list) => {
+            let mut cmd = Command::new("taskset");
+            cmd.args(["-c", list]).arg(program);
+            cmd
+        }
+        None => Command::new(program),
+    }
+}
+
+/// Moves every thread of this process (and so every process and thread it starts
+/// from now on) to the CPUs `cpus`.
+pub fn pin_this_process(cpus: &[usize]) -> anyhow::Result<()> {
+    use nix::sched::{CpuSet, sched_setaffinity};
+    let mut set = CpuSet::new();
+    for &cpu in cpus {
+        set.set(cpu).with_context(|| format!("CPU {cpu}"))?;
+    }
+    let tasks = std::fs::read_dir("/proc/self/task").context("listing this process's threads")?;
+    for task in tasks {
+        let tid: i32 = task?.file_name().to_string_lossy().parse().context("thread id")?;
+        // A thread that exited since the listing is not an error.
+        match sched_setaffinity(Pid::from_raw(tid), &set) {
+            Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+            Err(e) => return Err(e).with_context(|| format!("setting the CPUs of thread {tid} to {cpus:?}")),
+        }
+    }
+    Ok(())
+}
+
+/// The CPUs process `pid` may run on, as `/proc/PID/status` lists them.
+pub fn cpus_allowed(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Cpus_allowed_list:").map(|v| v.trim().to_owned()))
+        })
+        .unwrap_or_else(|| "?".to_owned())
 }
 
 /// A binary built beside the running one (same target directory; a test binary in

@@ -63,8 +63,16 @@ pub async fn run_protocols(opts: ProtocolOptions) -> anyhow::Result<String> {
         &[("https", tls_addr), ("h3", tls_addr), ("admin", admin)],
         true,
         &[("up", upstream)],
+        0,
     )?;
-    let edge = start_edge("meridian-edge", &sibling_binary("meridian-edge")?, &edge_cfg, admin).await?;
+    let edge = start_edge(
+        "meridian-edge",
+        &sibling_binary("meridian-edge")?,
+        &edge_cfg,
+        admin,
+        None,
+    )
+    .await?;
     let roots = roots_from_pem(&dir.join("ca.crt"))?;
 
     let mut rows = Vec::new();

@@ -55,8 +55,9 @@ pub async fn run_training(opts: TrainOptions) -> anyhow::Result<String> {
         &[("http", http), ("https", tls), ("h3", tls), ("admin", admin)],
         true,
         &[("us-a", up_a), ("us-b", up_b)],
+        0,
     )?;
-    let mut edge = start_edge("meridian-edge", &opts.edge, &edge_cfg, admin).await?;
+    let mut edge = start_edge("meridian-edge", &opts.edge, &edge_cfg, admin, None).await?;
     let roots = roots_from_pem(&dir.join("ca.crt"))?;
 
     let small = || vec![Op::get("/obj-1k", 1)];

@@ -108,6 +108,21 @@ fn compare_produces_a_full_report() {
         }
     }
     assert!(report.contains("| 1 KiB | haproxy |"), "{report}");
+    // Not pinned: every process listed, each allowed the same CPUs as this test.
+    assert!(report.contains("Not pinned:"), "{report}");
+    let mine = cpus_of_this_process();
+    for who in [
+        "load generator, provider, wrk",
+        "meridian",
+        "second",
+        "nginx",
+        "haproxy",
+    ] {
+        assert!(
+            report.contains(&format!("- {who}: {mine}\n")),
+            "{who} on {mine}:\n{report}"
+        );
+    }
     assert!(report.contains("in\n2 rounds of 1s per target"), "{report}");
     // Ratios for each edge against each other proxy; two fixed-rate rounds, so the
     // round-by-round rows (CPU, then p99) list two figures each with an interval.
@@ -198,5 +213,64 @@ fn training_drives_every_protocol_and_stops_the_edge_cleanly() {
         let ok: u64 = cells[2].parse().unwrap();
         assert!(ok > 0, "{row}");
         assert_eq!(cells[3], "0", "errors in {row}");
+    }
+}
+
+/// This process's CPUs, as `/proc/self/status` lists them.
+fn cpus_of_this_process() -> String {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:").map(|v| v.trim().to_owned()))
+        .unwrap()
+}
+
+#[test]
+fn compare_pinned_gives_the_proxies_cpu_0_and_the_rest_the_others() {
+    if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
+        // --pin refuses a one-CPU machine with a clear error; shown instead of run.
+        let out = Command::new(env!("CARGO_BIN_EXE_meridian-bench"))
+            .args(["compare", "--pin", "--duration", "1", "--rounds", "1"])
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains("--pin needs at least two CPUs"));
+        return;
+    }
+    let (report, _out_file) = report_of(&[
+        "compare",
+        "--pin",
+        "--duration",
+        "1",
+        "--rate-small",
+        "200",
+        "--rate-large",
+        "20",
+        "--connections",
+        "4",
+        "--rounds",
+        "1",
+    ]);
+    assert!(report.contains("Pinned (`--pin`)"), "{report}");
+    // The kernel's own account of each process's CPUs, read back by the command.
+    for proxy in ["meridian", "nginx", "haproxy"] {
+        assert!(
+            report.contains(&format!("- {proxy}: 0\n")),
+            "{proxy} on CPU 0:\n{report}"
+        );
+    }
+    let rest = report
+        .lines()
+        .find_map(|l| l.strip_prefix("- load generator, provider, wrk: "))
+        .unwrap_or_else(|| panic!("no placement line for the load generator:\n{report}"));
+    assert!(
+        !rest.split([',', '-']).any(|c| c == "0"),
+        "the load generator left CPU 0: {rest}"
+    );
+    for target in ["direct", "meridian", "nginx", "haproxy"] {
+        for size in ["1 KiB", "1 MiB"] {
+            let cells = row_cells(&report, size, target);
+            assert_eq!(cells[7], "0", "errors in {}", cells.join(" | "));
+        }
     }
 }
