@@ -11,6 +11,18 @@ fn edge_bin() -> PathBuf {
     std::path::Path::new(env!("CARGO_BIN_EXE_meridian-bench")).with_file_name("meridian-edge")
 }
 
+/// A short run: seconds, not minutes, at low rates over a few connections.
+const SHORT: &[&str] = &[
+    "--duration",
+    "1",
+    "--rate-small",
+    "200",
+    "--rate-large",
+    "20",
+    "--connections",
+    "4",
+];
+
 /// Runs `meridian-bench ARGS --out FILE`; returns the report it wrote, and the file.
 fn report_of(args: &[&str]) -> (String, tempfile::NamedTempFile) {
     let out_file = tempfile::NamedTempFile::new().unwrap();
@@ -41,23 +53,13 @@ fn compare_produces_a_full_report() {
     let edge = edge_bin();
     let first = format!("meridian={}", edge.display());
     let second = format!("second={}", edge.display());
-    let (report, out_file) = report_of(&[
-        "compare",
-        "--edge",
-        &first,
-        "--edge",
-        &second,
-        "--duration",
-        "1",
-        "--rate-small",
-        "200",
-        "--rate-large",
-        "20",
-        "--connections",
-        "4",
-        "--rounds",
-        "2",
-    ]);
+    let (report, out_file) = report_of(
+        &[
+            &["compare", "--edge", &first, "--edge", &second, "--rounds", "2"],
+            SHORT,
+        ]
+        .concat(),
+    );
     for target in ["direct", "meridian", "second", "nginx", "haproxy"] {
         for size in ["1 KiB", "1 MiB"] {
             let cells = row_cells(&report, size, target);
@@ -237,20 +239,7 @@ fn compare_pinned_gives_the_proxies_cpu_0_and_the_rest_the_others() {
         assert!(String::from_utf8_lossy(&out.stderr).contains("--pin needs at least two CPUs"));
         return;
     }
-    let (report, _out_file) = report_of(&[
-        "compare",
-        "--pin",
-        "--duration",
-        "1",
-        "--rate-small",
-        "200",
-        "--rate-large",
-        "20",
-        "--connections",
-        "4",
-        "--rounds",
-        "1",
-    ]);
+    let (report, _out_file) = report_of(&[&["compare", "--pin", "--rounds", "1"], SHORT].concat());
     assert!(report.contains("Pinned (`--pin`)"), "{report}");
     // The kernel's own account of each process's CPUs, read back by the command.
     for proxy in ["meridian", "nginx", "haproxy"] {
