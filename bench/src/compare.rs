@@ -22,12 +22,9 @@ use http_body_util::{BodyExt, Empty, Full};
 
 use crate::load::{LoadSpec, fixed_rate};
 use crate::procs::{
-    Proc, command_on, cpus_allowed, ensure_installed, free_addr, pin_this_process, sibling_binary, start_edge,
-    wait_http, write_edge_config,
+    Proc, command_on, cpus_allowed, cpus_of_this_process, ensure_installed, free_addr, pin_this_process,
+    sibling_binary, start_edge, wait_http, write_edge_config,
 };
-
-/// With `--pin`: the proxies' CPU, as a `taskset` list.
-const PROXY_CPU: &str = "0";
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -48,7 +45,8 @@ pub struct CompareOptions {
     pub edges: Vec<(String, PathBuf)>,
     /// Also write the report here.
     pub out: Option<PathBuf>,
-    /// Give the proxies CPU 0 to themselves, one worker each, and run the load
+    /// Give the proxies the first CPU this process may use (CPU 0 on most machines)
+    /// to themselves, one worker each, and run the load
     /// generator, the provider and wrk on the other CPUs (as a deployment keeps the
     /// provider and the clients off the proxy's cores); otherwise everything shares
     /// every CPU and each proxy runs one worker per CPU.
@@ -93,16 +91,22 @@ pub async fn run(opts: CompareOptions) -> anyhow::Result<String> {
     let haproxy = ensure_installed("haproxy", "haproxy")?;
     let work = tempfile_dir()?;
     // Before anything starts, so the provider and wrk inherit the other CPUs.
-    let proxy_cpus = if opts.pin {
-        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
-        if n < 2 {
-            bail!("--pin needs at least two CPUs (one for the proxies, one for the rest); this machine has {n}");
+    let proxy_cpu = if opts.pin {
+        let allowed = cpus_of_this_process()?;
+        let [first, rest @ ..] = allowed.as_slice() else {
+            bail!("--pin: this process may run on no CPU");
+        };
+        if rest.is_empty() {
+            bail!(
+                "--pin needs at least two CPUs (one for the proxies, one for the rest); this process may use only CPU {first}"
+            );
         }
-        pin_this_process(&(1..n).collect::<Vec<_>>())?;
-        Some(PROXY_CPU)
+        pin_this_process(rest)?;
+        Some(first.to_string())
     } else {
         None
     };
+    let proxy_cpus = proxy_cpu.as_deref();
     let workers = if opts.pin { 1 } else { 0 };
 
     let (_upstream, upstream) = spawn_upstream().await?;
@@ -574,7 +578,7 @@ pub fn render(
         s,
         "{}\n",
         if opts.pin {
-            "Pinned (`--pin`): the proxies have CPU 0 to themselves, one worker each; the load generator, the \
+            "Pinned (`--pin`): the proxies have one CPU to themselves, one worker each; the load generator, the \
              provider and wrk run on the other CPUs. CPUs each process may run on:"
         } else {
             "Not pinned: every process may run on every CPU, and each proxy runs one worker per CPU. CPUs each \

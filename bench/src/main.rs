@@ -60,8 +60,9 @@ enum Cmd {
         /// `meridian-edge` beside this binary, named `meridian`.
         #[arg(long = "edge", value_name = "NAME=PATH", value_parser = parse_edge)]
         edges: Vec<(String, PathBuf)>,
-        /// Give the proxies CPU 0 to themselves, one worker each, and run the load
-        /// generator, the provider and wrk on the other CPUs, so a proxy's CPU is not
+        /// Give the proxies one CPU to themselves (the first this process may use, CPU 0
+        /// on most machines), one worker each, and run the load generator, the
+        /// provider and wrk on the other CPUs, so a proxy's CPU is not
         /// shaped by where the kernel places the provider and the clients (a deployment
         /// does not run them on the proxy's cores). Needs two CPUs or more.
         #[arg(long)]

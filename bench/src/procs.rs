@@ -125,6 +125,14 @@ pub fn pin_this_process(cpus: &[usize]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The CPUs this process may run on, in ascending order.
+pub fn cpus_of_this_process() -> anyhow::Result<Vec<usize>> {
+    let set = nix::sched::sched_getaffinity(Pid::from_raw(0)).context("reading this process's CPUs")?;
+    Ok((0..nix::sched::CpuSet::count())
+        .filter(|&cpu| set.is_set(cpu).unwrap_or(false))
+        .collect())
+}
+
 /// The CPUs process `pid` may run on, as `/proc/PID/status` lists them.
 pub fn cpus_allowed(pid: u32) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
