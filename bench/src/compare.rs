@@ -7,7 +7,9 @@
 //! process's CPU-seconds per 10,000 requests during the fixed-rate phase; it writes a
 //! markdown table and, with `--out`, one SVG latency-distribution plot per size.
 //! Results are meant to be read as ratios between columns of one run: the machine is
-//! shared. nginx, HAProxy and wrk are installed from Debian's packages when missing.
+//! shared, so each CPU and p99 ratio also comes round by round with a 95 % interval,
+//! and `--pin` can keep the proxies on a CPU of their own. nginx, HAProxy and wrk are
+//! installed from Debian's packages when missing.
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
@@ -46,10 +48,10 @@ pub struct CompareOptions {
     /// Also write the report here.
     pub out: Option<PathBuf>,
     /// Give the proxies the first CPU this process may use (CPU 0 on most machines)
-    /// to themselves, one worker each, and run the load
-    /// generator, the provider and wrk on the other CPUs (as a deployment keeps the
-    /// provider and the clients off the proxy's cores); otherwise everything shares
-    /// every CPU and each proxy runs one worker per CPU.
+    /// to themselves, one worker each, and run the load generator, the provider and
+    /// wrk on the other CPUs (as a deployment keeps the provider and the clients off
+    /// the proxy's cores); otherwise everything shares every CPU and each proxy runs
+    /// one worker per CPU.
     pub pin: bool,
 }
 
@@ -631,24 +633,17 @@ pub fn render(
         "| size | edge | vs | req/s ratio | p99 ratio (lower is better) | CPU/req ratio (lower is better) |"
     );
     let _ = writeln!(s, "|---|---|---|---:|---:|---:|");
-    for size in ["1 KiB", "1 MiB"] {
-        let find = |t: &str| rows.iter().find(|r| r.size == size && r.target == t);
-        for (edge, _) in builds {
-            for other in ["nginx", "haproxy"] {
-                if let (Some(m), Some(n)) = (find(edge), find(other)) {
-                    let cpu = match (m.cpu_per_10k, n.cpu_per_10k) {
-                        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
-                        _ => "-".into(),
-                    };
-                    let _ = writeln!(
-                        s,
-                        "| {size} | {edge} | {other} | {:.2} | {:.2} | {cpu} |",
-                        m.rps / n.rps.max(1e-9),
-                        m.p99 / n.p99.max(1e-9)
-                    );
-                }
-            }
-        }
+    for (size, edge, other, m, n) in edge_against_rivals(rows, builds) {
+        let cpu = match (m.cpu_per_10k, n.cpu_per_10k) {
+            (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
+            _ => "-".into(),
+        };
+        let _ = writeln!(
+            s,
+            "| {size} | {edge} | {other} | {:.2} | {:.2} | {cpu} |",
+            m.rps / n.rps.max(1e-9),
+            m.p99 / n.p99.max(1e-9)
+        );
     }
     let _ = writeln!(
         s,
@@ -665,36 +660,42 @@ pub fn render(
     type Figures = fn(&Row) -> &[f64];
     let measures: [(&str, Figures); 2] = [("CPU/req", |r| &r.cpu_rounds), ("p99", |r| &r.p99_rounds)];
     for (what, figures) in measures {
-        for size in ["1 KiB", "1 MiB"] {
-            let find = |t: &str| rows.iter().find(|r| r.size == size && r.target == t);
-            for (edge, _) in builds {
-                for other in ["nginx", "haproxy"] {
-                    if let (Some(m), Some(n)) = (find(edge), find(other)) {
-                        let ratios: Vec<f64> = figures(m)
-                            .iter()
-                            .zip(figures(n))
-                            .filter(|(a, b)| **a > 0.0 && **b > 0.0)
-                            .map(|(a, b)| a / b)
-                            .collect();
-                        let per: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
-                        let (mean, reading) = match RatioInterval::of(&ratios) {
-                            Some(i) => (
-                                format!("{:.3} ({:.3} to {:.3})", i.mean, i.low, i.high),
-                                i.reading().to_owned(),
-                            ),
-                            None => ("-".to_owned(), "-".to_owned()),
-                        };
-                        let _ = writeln!(
-                            s,
-                            "| {size} | {edge} | {other} | {what}: {} | {mean} | {reading} |",
-                            per.join(" / ")
-                        );
-                    }
-                }
-            }
+        for (size, edge, other, m, n) in edge_against_rivals(rows, builds) {
+            let ratios: Vec<f64> = figures(m)
+                .iter()
+                .zip(figures(n))
+                .filter(|(a, b)| **a > 0.0 && **b > 0.0)
+                .map(|(a, b)| a / b)
+                .collect();
+            let per: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
+            let (mean, reading) = match RatioInterval::of(&ratios) {
+                Some(i) => (format!("{:.3} ({:.3} to {:.3})", i.mean, i.low, i.high), i.reading()),
+                None => ("-".to_owned(), "-"),
+            };
+            let _ = writeln!(
+                s,
+                "| {size} | {edge} | {other} | {what}: {} | {mean} | {reading} |",
+                per.join(" / ")
+            );
         }
     }
     s
+}
+
+/// Each edge build's rows beside nginx's and HAProxy's, size by size, in report order:
+/// (size, edge, rival, edge's row, rival's row).
+fn edge_against_rivals<'a>(
+    rows: &'a [Row],
+    builds: &'a [(&'a str, String)],
+) -> impl Iterator<Item = (&'static str, &'a str, &'static str, &'a Row, &'a Row)> {
+    let find = move |size: &str, target: &str| rows.iter().find(|r| r.size == size && r.target == target);
+    ["1 KiB", "1 MiB"].into_iter().flat_map(move |size| {
+        builds.iter().flat_map(move |(edge, _)| {
+            ["nginx", "haproxy"]
+                .into_iter()
+                .filter_map(move |other| Some((size, *edge, other, find(size, edge)?, find(size, other)?)))
+        })
+    })
 }
 
 /// Where the geometric mean of paired per-round ratios lies, with a 95 % interval.

@@ -30,7 +30,8 @@ pub fn write_edge_certs(dir: &Path) -> anyhow::Result<()> {
 /// Writes `dir/file`, the config of a benchmark's edge: `listeners` by kind (`http`,
 /// `https`, `h3`, `admin`), the certificate of [`write_edge_certs`] (in `dir`) when
 /// `tls`, and `providers` (id, address) in the US, every origin allowed on all of
-/// them; no access log. Returns its path.
+/// them; no access log; `workers` worker threads (0: the edge's default, one per
+/// core). Returns its path.
 pub fn write_edge_config(
     dir: &Path,
     file: &str,
