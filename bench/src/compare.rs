@@ -661,13 +661,18 @@ pub fn render(
     let measures: [(&str, Figures); 2] = [("CPU/req", |r| &r.cpu_rounds), ("p99", |r| &r.p99_rounds)];
     for (what, figures) in measures {
         for (size, edge, other, m, n) in edge_against_rivals(rows, builds) {
-            let ratios: Vec<f64> = figures(m)
+            // A round whose figure is zero (CPU under one clock tick in a short run)
+            // gives no ratio: shown as "-", left out of the interval.
+            let per_round: Vec<Option<f64>> = figures(m)
                 .iter()
                 .zip(figures(n))
-                .filter(|(a, b)| **a > 0.0 && **b > 0.0)
-                .map(|(a, b)| a / b)
+                .map(|(a, b)| (*a > 0.0 && *b > 0.0).then(|| a / b))
                 .collect();
-            let per: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
+            let per: Vec<String> = per_round
+                .iter()
+                .map(|r| r.map_or("-".to_owned(), |r| format!("{r:.2}")))
+                .collect();
+            let ratios: Vec<f64> = per_round.into_iter().flatten().collect();
             let (mean, reading) = match RatioInterval::of(&ratios) {
                 Some(i) => (format!("{:.3} ({:.3} to {:.3})", i.mean, i.low, i.high), i.reading()),
                 None => ("-".to_owned(), "-"),
