@@ -2,12 +2,12 @@
 //! profile-guided) against nginx, HAProxy and going direct, same upstream, same run,
 //! same machine.
 //!
-//! For each response size it measures closed-loop requests/s (wrk), latency at a
-//! fixed request rate (open loop, coordinated-omission corrected), and the proxy
-//! process's CPU-seconds per 10,000 requests during the fixed-rate phase; it writes a
-//! markdown table and, with `--out`, one SVG latency-distribution plot per size.
-//! Results are meant to be read as ratios between columns of one run: the machine is
-//! shared, so each CPU and p99 ratio also comes round by round with a 95 % interval,
+//! For each response size, in rounds, it measures closed-loop requests/s (wrk), latency
+//! at a fixed request rate (open loop, coordinated-omission corrected), and the proxy
+//! process's CPU-seconds per 10,000 requests in both phases; it writes a markdown
+//! table and, with `--out`, one SVG latency-distribution plot per size. Results are
+//! meant to be read as ratios between columns of one run: the machine is shared, so
+//! each ratio also comes round by round with a 95 % interval,
 //! and `--pin` can keep the proxies on a CPU of their own. nginx, HAProxy and wrk are
 //! installed from Debian's packages when missing.
 
@@ -41,6 +41,8 @@ pub struct CompareOptions {
     pub connections: usize,
     /// Fixed-rate rounds per size, each running every target once.
     pub rounds: usize,
+    /// The response sizes to measure, in this order.
+    pub sizes: Vec<Size>,
     /// Edge builds to measure, by name (e.g. a plain and a profile-guided build, side
     /// by side in one run); empty: `meridian`, the `meridian-edge` built beside this
     /// binary.
@@ -55,6 +57,51 @@ pub struct CompareOptions {
     pub pin: bool,
 }
 
+/// A response size `compare` measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Size {
+    /// 1 KiB responses, at `rate_small`: the proxies' per-request work.
+    #[value(name = "1k")]
+    Small,
+    /// 1 MiB responses, at `rate_large`: moving bytes.
+    #[value(name = "1m")]
+    Large,
+}
+
+impl Size {
+    /// As the report's rows name it.
+    pub fn label(self) -> &'static str {
+        match self {
+            Size::Small => "1 KiB",
+            Size::Large => "1 MiB",
+        }
+    }
+
+    /// The object fetched.
+    fn path(self) -> &'static str {
+        match self {
+            Size::Small => "/obj-1k",
+            Size::Large => "/obj-1m",
+        }
+    }
+
+    /// The plot file's tag (`REPORT.1k.svg`).
+    fn tag(self) -> &'static str {
+        match self {
+            Size::Small => "1k",
+            Size::Large => "1m",
+        }
+    }
+
+    /// The fixed rate `opts` sets for this size.
+    fn rate(self, opts: &CompareOptions) -> f64 {
+        match self {
+            Size::Small => opts.rate_small,
+            Size::Large => opts.rate_large,
+        }
+    }
+}
+
 /// One measured cell.
 #[derive(Debug, Clone, Default)]
 pub struct Row {
@@ -63,8 +110,16 @@ pub struct Row {
     pub target: String,
     /// `1 KiB` or `1 MiB`.
     pub size: String,
-    /// Closed-loop requests per second.
+    /// Closed-loop requests per second, the mean over the rounds.
     pub rps: f64,
+    /// The same, round by round.
+    pub rps_rounds: Vec<f64>,
+    /// Proxy CPU-seconds per 10,000 requests in the closed-loop phases, over all
+    /// rounds (none for direct): the proxy's cost per request under full load, where
+    /// requests share its wake-ups, beside the fixed rate's, where each pays for its own.
+    pub closed_cpu_per_10k: Option<f64>,
+    /// The same, round by round.
+    pub closed_cpu_rounds: Vec<f64>,
     /// Fixed-rate p50, ms.
     pub p50: f64,
     /// Fixed-rate p99, ms.
@@ -73,7 +128,8 @@ pub struct Row {
     pub p999: f64,
     /// Requests that failed during the fixed-rate phase.
     pub errors: u64,
-    /// Proxy CPU-seconds per 10,000 requests over all rounds (none for direct).
+    /// Proxy CPU-seconds per 10,000 requests in the fixed-rate phases, over all
+    /// rounds (none for direct).
     pub cpu_per_10k: Option<f64>,
     /// The same, round by round.
     pub cpu_rounds: Vec<f64>,
@@ -88,6 +144,17 @@ const PLOTTED: [f64; 10] = [0.5, 0.75, 0.9, 0.95, 0.99, 0.995, 0.999, 0.9995, 0.
 
 /// Runs the comparison and returns the report (markdown).
 pub async fn run(opts: CompareOptions) -> anyhow::Result<String> {
+    if opts.sizes.is_empty() {
+        bail!("--sizes: name at least one of 1k, 1m");
+    }
+    if let Some(dup) = opts
+        .sizes
+        .iter()
+        .enumerate()
+        .find_map(|(i, s)| opts.sizes[..i].contains(s).then_some(s))
+    {
+        bail!("--sizes names {} twice", dup.tag());
+    }
     let nginx = ensure_installed("nginx", "nginx-light")?;
     let wrk = ensure_installed("wrk", "wrk")?;
     let haproxy = ensure_installed("haproxy", "haproxy")?;
@@ -178,23 +245,24 @@ pub async fn run(opts: CompareOptions) -> anyhow::Result<String> {
     for &(name, addr, _) in &targets[1..] {
         work.push((name, fields_seen(addr).await?.added_to(&direct)));
     }
-    let sizes = [
-        ("1 KiB", "/obj-1k", opts.rate_small),
-        ("1 MiB", "/obj-1m", opts.rate_large),
-    ];
     let mut rows = Vec::new();
-    for (size, path, rate) in sizes {
-        let mut cells = Vec::new();
-        for &(name, addr, _) in &targets {
-            eprintln!("{size} via {name}: closed loop...");
-            cells.push(Cell::new(
-                name,
-                wrk_rps(&wrk, addr, path, opts.connections, opts.duration)?,
-            ));
-        }
+    for &sz in &opts.sizes {
+        let (size, path, rate) = (sz.label(), sz.path(), sz.rate(&opts));
+        let mut cells: Vec<Cell> = targets.iter().map(|&(name, _, _)| Cell::new(name)).collect();
         for round in 0..opts.rounds.max(1) {
-            // Rotated, so no target is always first after the closed-loop phases or
-            // always last before the next size.
+            // Rotated, so no target is always first or always last in a phase.
+            for i in round_order(round, targets.len()) {
+                let (name, addr, proc_) = targets[i];
+                eprintln!(
+                    "{size} via {name}: closed loop, round {} of {}...",
+                    round + 1,
+                    opts.rounds
+                );
+                let cpu0 = proc_.map(Proc::cpu_seconds);
+                let closed = wrk_closed(&wrk, addr, path, opts.connections, opts.duration)?;
+                let cpu = proc_.zip(cpu0).map(|(p, c0)| p.cpu_seconds() - c0);
+                cells[i].add_closed(closed, cpu);
+            }
             for i in round_order(round, targets.len()) {
                 let (name, addr, proc_) = targets[i];
                 eprintln!(
@@ -224,7 +292,8 @@ pub async fn run(opts: CompareOptions) -> anyhow::Result<String> {
     drop(edges);
     let mut report = render(&rows, &builds, &placement, &work, &opts);
     if let Some(out) = &opts.out {
-        for (size, tag) in [("1 KiB", "1k"), ("1 MiB", "1m")] {
+        for sz in &opts.sizes {
+            let (size, tag) = (sz.label(), sz.tag());
             let svg_path = out.with_extension(format!("{tag}.svg"));
             let title = format!("Latency at a fixed rate, {size} responses (open loop, CO-corrected)");
             std::fs::write(&svg_path, plot(&title, &rows, size))
@@ -248,7 +317,10 @@ fn round_order(round: usize, n: usize) -> impl Iterator<Item = usize> {
 /// One target at one size, accumulated over the fixed-rate rounds.
 struct Cell {
     target: String,
-    rps: f64,
+    rps_rounds: Vec<f64>,
+    closed_requests: u64,
+    closed_cpu_seconds: Option<f64>,
+    closed_cpu_rounds: Vec<f64>,
     ok: u64,
     errors: u64,
     latency_us: Option<hdrhistogram::Histogram<u64>>,
@@ -258,16 +330,30 @@ struct Cell {
 }
 
 impl Cell {
-    fn new(target: &str, rps: f64) -> Self {
+    fn new(target: &str) -> Self {
         Cell {
             target: target.to_owned(),
-            rps,
+            rps_rounds: Vec::new(),
+            closed_requests: 0,
+            closed_cpu_seconds: None,
+            closed_cpu_rounds: Vec::new(),
             ok: 0,
             errors: 0,
             latency_us: None,
             cpu_seconds: None,
             cpu_rounds: Vec::new(),
             p99_rounds: Vec::new(),
+        }
+    }
+
+    fn add_closed(&mut self, closed: Closed, cpu_seconds: Option<f64>) {
+        self.rps_rounds.push(closed.rps);
+        self.closed_requests += closed.requests;
+        if let Some(c) = cpu_seconds {
+            *self.closed_cpu_seconds.get_or_insert(0.0) += c;
+            if closed.requests > 0 {
+                self.closed_cpu_rounds.push(c / closed.requests as f64 * 10_000.0);
+            }
         }
     }
 
@@ -298,7 +384,13 @@ impl Cell {
         Row {
             target: self.target.clone(),
             size: size.into(),
-            rps: self.rps,
+            rps: self.rps_rounds.iter().sum::<f64>() / self.rps_rounds.len().max(1) as f64,
+            rps_rounds: self.rps_rounds.clone(),
+            closed_cpu_per_10k: self
+                .closed_cpu_seconds
+                .filter(|_| self.closed_requests > 0)
+                .map(|c| c / self.closed_requests as f64 * 10_000.0),
+            closed_cpu_rounds: self.closed_cpu_rounds.clone(),
             p50: ms(0.50),
             p99: ms(0.99),
             p999: ms(0.999),
@@ -537,7 +629,16 @@ async fn put(addr: SocketAddr, path: &str, data: Vec<u8>) -> anyhow::Result<()> 
     Ok(())
 }
 
-fn wrk_rps(wrk: &Path, addr: SocketAddr, path: &str, connections: usize, d: Duration) -> anyhow::Result<f64> {
+/// What one closed-loop `wrk` phase did.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Closed {
+    /// Requests per second, as wrk reports it.
+    rps: f64,
+    /// Requests completed.
+    requests: u64,
+}
+
+fn wrk_closed(wrk: &Path, addr: SocketAddr, path: &str, connections: usize, d: Duration) -> anyhow::Result<Closed> {
     let out = Command::new(wrk)
         .args([
             "-t1",
@@ -547,11 +648,22 @@ fn wrk_rps(wrk: &Path, addr: SocketAddr, path: &str, connections: usize, d: Dura
         .arg(format!("http://{addr}{path}"))
         .output()
         .context("running wrk")?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.lines()
+    parse_wrk(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// Reads `N requests in Ts, ...` and `Requests/sec: R` from wrk's report.
+fn parse_wrk(text: &str) -> anyhow::Result<Closed> {
+    let rps = text
+        .lines()
         .find_map(|l| l.strip_prefix("Requests/sec:").map(|v| v.trim().parse::<f64>()))
         .with_context(|| format!("no Requests/sec in wrk output:\n{text}"))?
-        .context("parsing wrk's Requests/sec")
+        .context("parsing wrk's Requests/sec")?;
+    let requests = text
+        .lines()
+        .find_map(|l| l.trim().split_once(" requests in ").map(|(n, _)| n.parse::<u64>()))
+        .with_context(|| format!("no request count in wrk output:\n{text}"))?
+        .context("parsing wrk's request count")?;
+    Ok(Closed { rps, requests })
 }
 
 fn tempfile_dir() -> anyhow::Result<PathBuf> {
@@ -593,15 +705,21 @@ pub fn render(
     let _ = writeln!(s);
     let _ = writeln!(
         s,
-        "Closed loop: wrk -t1 -c{c}, {d}s. Fixed rate: {rs}/s (1 KiB) and {rl}/s (1 MiB) over {c} connections, in\n\
-         {n} rounds of {d}s per target (each round runs every target once, in a rotated order), latency from intended\n\
-         send time (coordinated omission corrected), over all rounds. CPU: proxy process user+system seconds per\n\
-         10,000 requests during the fixed-rate phases, over all rounds.\n",
+        "{n} round{plural}; each runs every target once closed loop (wrk -t1 -c{c}, {d}s) and then once at a fixed rate\n\
+         ({rates} over {c} connections, {d}s), each phase in a rotated order. Latency from intended send time\n\
+         (coordinated omission corrected), over all rounds. CPU: proxy process user+system seconds per 10,000\n\
+         requests, over all rounds: at the fixed rate, where each request pays for waking the proxy, and closed\n\
+         loop, where requests share its wake-ups. req/s (closed): the mean over the rounds.\n",
         c = opts.connections,
         d = opts.duration.as_secs(),
         n = opts.rounds,
-        rs = opts.rate_small,
-        rl = opts.rate_large
+        plural = if opts.rounds == 1 { "" } else { "s" },
+        rates = opts
+            .sizes
+            .iter()
+            .map(|sz| format!("{}/s ({})", sz.rate(opts), sz.label()))
+            .collect::<Vec<_>>()
+            .join(" and "),
     );
     let _ = writeln!(
         s,
@@ -616,33 +734,43 @@ pub fn render(
     let _ = writeln!(s);
     let _ = writeln!(
         s,
-        "| size | target | req/s (closed) | p50 ms | p99 ms | p99.9 ms | errors | CPU-s / 10k req |"
+        "| size | target | req/s (closed) | p50 ms | p99 ms | p99.9 ms | errors | CPU-s / 10k req | CPU-s / 10k req (closed) |"
     );
-    let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|---:|");
+    let figure = |c: Option<f64>| c.map_or("-".to_owned(), |c| format!("{c:.3}"));
     for r in rows {
-        let cpu = r.cpu_per_10k.map_or("-".to_owned(), |c| format!("{c:.3}"));
         let _ = writeln!(
             s,
-            "| {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {} |",
-            r.size, r.target, r.rps, r.p50, r.p99, r.p999, r.errors, cpu
+            "| {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {} | {} |",
+            r.size,
+            r.target,
+            r.rps,
+            r.p50,
+            r.p99,
+            r.p999,
+            r.errors,
+            figure(r.cpu_per_10k),
+            figure(r.closed_cpu_per_10k)
         );
     }
     let _ = writeln!(s, "\nMeridian relative to nginx and HAProxy (same run):\n");
     let _ = writeln!(
         s,
-        "| size | edge | vs | req/s ratio | p99 ratio (lower is better) | CPU/req ratio (lower is better) |"
+        "| size | edge | vs | req/s ratio | p99 ratio (lower is better) | CPU/req ratio (lower is better) | CPU/req ratio, closed loop |"
     );
-    let _ = writeln!(s, "|---|---|---|---:|---:|---:|");
+    let _ = writeln!(s, "|---|---|---|---:|---:|---:|---:|");
+    let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
+        _ => "-".into(),
+    };
     for (size, edge, other, m, n) in edge_against_rivals(rows, builds) {
-        let cpu = match (m.cpu_per_10k, n.cpu_per_10k) {
-            (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
-            _ => "-".into(),
-        };
         let _ = writeln!(
             s,
-            "| {size} | {edge} | {other} | {:.2} | {:.2} | {cpu} |",
+            "| {size} | {edge} | {other} | {:.2} | {:.2} | {} | {} |",
             m.rps / n.rps.max(1e-9),
-            m.p99 / n.p99.max(1e-9)
+            m.p99 / n.p99.max(1e-9),
+            ratio(m.cpu_per_10k, n.cpu_per_10k),
+            ratio(m.closed_cpu_per_10k, n.closed_cpu_per_10k)
         );
     }
     let _ = writeln!(
@@ -658,7 +786,12 @@ pub fn render(
     );
     let _ = writeln!(s, "|---|---|---|---|---|---|");
     type Figures = fn(&Row) -> &[f64];
-    let measures: [(&str, Figures); 2] = [("CPU/req", |r| &r.cpu_rounds), ("p99", |r| &r.p99_rounds)];
+    let measures: [(&str, Figures); 4] = [
+        ("CPU/req", |r| &r.cpu_rounds),
+        ("p99", |r| &r.p99_rounds),
+        ("CPU/req closed", |r| &r.closed_cpu_rounds),
+        ("req/s closed", |r| &r.rps_rounds),
+    ];
     for (what, figures) in measures {
         for (size, edge, other, m, n) in edge_against_rivals(rows, builds) {
             // A round whose figure is zero (CPU under one clock tick in a short run)
@@ -756,7 +889,28 @@ fn t_975(df: usize) -> f64 {
 
 #[cfg(test)]
 mod tests {
-    use super::{RatioInterval, round_order};
+    use super::{Closed, RatioInterval, parse_wrk, round_order};
+
+    #[test]
+    fn wrk_report_gives_its_rate_and_request_count() {
+        // wrk 4.2's report, as Debian's package prints it.
+        let text = "Running 1s test @ http://127.0.0.1:19041/obj-1k\n  1 threads and 4 connections\n  \
+                    Thread Stats   Avg      Stdev     Max   +/- Stdev\n    Latency    68.82us   26.17us 755.00us   92.70%\n    \
+                    Req/Sec    55.30k     1.33k   56.95k    70.00%\n  55044 requests in 1.00s, 64.54MB read\n\
+                    Requests/sec:  55011.40\nTransfer/sec:     64.51MB\n";
+        assert_eq!(
+            parse_wrk(text).unwrap(),
+            Closed {
+                rps: 55011.40,
+                requests: 55044
+            }
+        );
+        let no_count = text.replace("55044 requests in", "requests:");
+        let e = parse_wrk(&no_count).unwrap_err().to_string();
+        assert!(e.contains("no request count in wrk output"), "{e}");
+        let no_rate = text.replace("Requests/sec:", "Rate:");
+        assert!(parse_wrk(&no_rate).unwrap_err().to_string().contains("no Requests/sec"));
+    }
 
     #[test]
     fn four_rounds_put_each_of_four_targets_once_in_every_position() {

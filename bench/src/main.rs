@@ -49,8 +49,12 @@ enum Cmd {
         /// `--duration`, in a rotated order, so drift on a shared machine is spread
         /// over all of them; figures are over all rounds, per-round CPU ratios listed.
         /// A multiple of four (the targets) runs every target once in every position.
-        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=20))]
+        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=100))]
         rounds: u32,
+        /// Response sizes to measure, comma-separated: `1k` (1 KiB at --rate-small, the
+        /// proxies' per-request work) and `1m` (1 MiB at --rate-large, moving bytes).
+        #[arg(long, value_enum, value_delimiter = ',', default_values_t = [compare::Size::Small, compare::Size::Large])]
+        sizes: Vec<compare::Size>,
         /// Also write the markdown report to this file.
         #[arg(long)]
         out: Option<PathBuf>,
@@ -298,6 +302,7 @@ fn main() -> ExitCode {
                 rate_large,
                 connections,
                 rounds,
+                sizes,
                 out,
                 edges,
                 pin,
@@ -308,6 +313,7 @@ fn main() -> ExitCode {
                     rate_large,
                     connections,
                     rounds: rounds as usize,
+                    sizes,
                     out,
                     edges,
                     pin,

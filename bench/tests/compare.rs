@@ -72,6 +72,12 @@ fn compare_produces_a_full_report() {
                 // than one clock tick, so zero is possible here.
                 let cpu: f64 = cells[8].parse().unwrap_or_else(|_| panic!("no CPU figure in {row}"));
                 assert!(cpu >= 0.0, "{row}");
+                let closed: f64 = cells[9]
+                    .parse()
+                    .unwrap_or_else(|_| panic!("no closed-loop CPU figure in {row}"));
+                assert!(closed >= 0.0, "{row}");
+            } else {
+                assert_eq!(cells[9], "-", "no proxy, no CPU: {row}");
             }
         }
     }
@@ -125,25 +131,34 @@ fn compare_produces_a_full_report() {
             "{who} on {mine}:\n{report}"
         );
     }
-    assert!(report.contains("in\n2 rounds of 1s per target"), "{report}");
-    // Ratios for each edge against each other proxy; two fixed-rate rounds, so the
-    // round-by-round rows (CPU, then p99) list two figures each, with an interval when
-    // both are ratios.
+    assert!(
+        report.contains("2 rounds; each runs every target once closed loop (wrk -t1 -c4, 1s)"),
+        "{report}"
+    );
+    // Ratios for each edge against each other proxy; two rounds, so the round-by-round
+    // rows (fixed-rate CPU and p99, closed-loop CPU and req/s) list two figures each,
+    // with an interval when both are ratios.
     for edge in ["meridian", "second"] {
         for other in ["nginx", "haproxy"] {
             let prefix = format!("| 1 KiB | {edge} | {other} |");
             let rows: Vec<&str> = report.lines().filter(|l| l.starts_with(&prefix)).collect();
-            assert_eq!(rows.len(), 3, "{prefix}\n{report}");
-            let ratio: f64 = rows[0].split('|').nth(4).unwrap().trim().parse().unwrap();
-            assert!(ratio > 0.0, "{}", rows[0]);
-            for (row, what) in rows[1..].iter().zip(["CPU/req: ", "p99: "]) {
+            assert_eq!(rows.len(), 5, "{prefix}\n{report}");
+            let ratios: Vec<&str> = rows[0].split('|').map(str::trim).collect();
+            for (i, what) in [(4, "req/s"), (5, "p99"), (7, "closed-loop CPU")] {
+                let ratio: f64 = ratios[i]
+                    .parse()
+                    .unwrap_or_else(|_| panic!("no {what} ratio in {}", rows[0]));
+                assert!(ratio > 0.0, "{}", rows[0]);
+            }
+            let measures = ["CPU/req: ", "p99: ", "CPU/req closed: ", "req/s closed: "];
+            for (row, what) in rows[1..].iter().zip(measures) {
                 let cells: Vec<&str> = row.split('|').map(str::trim).collect();
                 let per = cells[4].strip_prefix(what).unwrap_or_else(|| panic!("{what} in {row}"));
                 assert_eq!(per.split(" / ").count(), 2, "{row}");
                 // A one-second round may use less CPU than a clock tick: no ratio for
                 // it ("-"), and with one ratio left no interval either.
                 if per.split(" / ").any(|r| r == "-") {
-                    assert_eq!(what, "CPU/req: ", "only CPU can be under a tick: {row}");
+                    assert!(what.starts_with("CPU/req"), "only CPU can be under a tick: {row}");
                     assert_eq!((cells[5], cells[6]), ("-", "-"), "{row}");
                     continue;
                 }
@@ -250,8 +265,19 @@ fn compare_pinned_gives_the_proxies_one_cpu_and_the_rest_the_others() {
     // The proxies get the first CPU this test may use, the load generator the others.
     let mine = cpus_of_this_process();
     let first = mine.split([',', '-']).next().unwrap().to_owned();
-    let (report, _out_file) = report_of(&[&["compare", "--pin", "--rounds", "1"], SHORT].concat());
+    // 1 KiB only (`--sizes 1k`): the size that measures the proxies' own work.
+    let (report, out_file) = report_of(&[&["compare", "--pin", "--rounds", "1", "--sizes", "1k"], SHORT].concat());
     assert!(report.contains("Pinned (`--pin`)"), "{report}");
+    assert!(
+        report.contains(
+            "1 round; each runs every target once closed loop (wrk -t1 -c4, 1s) and then once at a fixed rate\n\
+             (200/s (1 KiB) over 4 connections, 1s)"
+        ),
+        "{report}"
+    );
+    assert!(!report.contains("| 1 MiB |"), "a 1 MiB row in a 1 KiB run:\n{report}");
+    assert!(out_file.path().with_extension("1k.svg").exists());
+    assert!(!out_file.path().with_extension("1m.svg").exists());
     // The kernel's own account of each process's CPUs, read back by the command.
     for proxy in ["meridian", "nginx", "haproxy"] {
         assert!(
@@ -268,9 +294,26 @@ fn compare_pinned_gives_the_proxies_one_cpu_and_the_rest_the_others() {
         "the load generator left CPU {first}: {rest}"
     );
     for target in ["direct", "meridian", "nginx", "haproxy"] {
-        for size in ["1 KiB", "1 MiB"] {
-            let cells = row_cells(&report, size, target);
-            assert_eq!(cells[7], "0", "errors in {}", cells.join(" | "));
-        }
+        let cells = row_cells(&report, "1 KiB", target);
+        assert_eq!(cells[7], "0", "errors in {}", cells.join(" | "));
     }
+}
+
+#[test]
+fn compare_refuses_a_size_named_twice_or_unknown() {
+    let run = |sizes: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_meridian-bench"))
+            .args(["compare", "--sizes", sizes])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "--sizes {sizes} was accepted");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let twice = run("1k,1m,1k");
+    assert!(twice.contains("--sizes names 1k twice"), "{twice}");
+    let unknown = run("1k,4k");
+    assert!(
+        unknown.contains("invalid value '4k'") && unknown.contains("1m"),
+        "{unknown}"
+    );
 }
