@@ -39,7 +39,8 @@ pub struct CompareOptions {
     pub rate_large: f64,
     /// Connections used by wrk and by the fixed-rate generator.
     pub connections: usize,
-    /// Fixed-rate rounds per size, each running every target once.
+    /// Rounds per size, each running every target once closed loop and then once at
+    /// the fixed rate.
     pub rounds: usize,
     /// The response sizes to measure, in this order.
     pub sizes: Vec<Size>,
@@ -126,7 +127,8 @@ pub struct Row {
     pub p99: f64,
     /// Fixed-rate p99.9, ms.
     pub p999: f64,
-    /// Requests that failed during the fixed-rate phase.
+    /// Requests that failed, in either phase (closed loop: what wrk counts as non-2xx
+    /// or 3xx answers and socket errors), so that a proxy cannot look fast by failing.
     pub errors: u64,
     /// Proxy CPU-seconds per 10,000 requests in the fixed-rate phases, over all
     /// rounds (none for direct).
@@ -314,7 +316,7 @@ fn round_order(round: usize, n: usize) -> impl Iterator<Item = usize> {
     (0..n).map(move |k| (k + round) % n)
 }
 
-/// One target at one size, accumulated over the fixed-rate rounds.
+/// One target at one size, accumulated over the rounds.
 struct Cell {
     target: String,
     rps_rounds: Vec<f64>,
@@ -349,6 +351,7 @@ impl Cell {
     fn add_closed(&mut self, closed: Closed, cpu_seconds: Option<f64>) {
         self.rps_rounds.push(closed.rps);
         self.closed_requests += closed.requests;
+        self.errors += closed.errors;
         if let Some(c) = cpu_seconds {
             *self.closed_cpu_seconds.get_or_insert(0.0) += c;
             if closed.requests > 0 {
@@ -636,6 +639,8 @@ struct Closed {
     rps: f64,
     /// Requests completed.
     requests: u64,
+    /// Answers other than 2xx and 3xx, and connect, read, write and timeout errors.
+    errors: u64,
 }
 
 fn wrk_closed(wrk: &Path, addr: SocketAddr, path: &str, connections: usize, d: Duration) -> anyhow::Result<Closed> {
@@ -663,7 +668,22 @@ fn parse_wrk(text: &str) -> anyhow::Result<Closed> {
         .find_map(|l| l.trim().split_once(" requests in ").map(|(n, _)| n.parse::<u64>()))
         .with_context(|| format!("no request count in wrk output:\n{text}"))?
         .context("parsing wrk's request count")?;
-    Ok(Closed { rps, requests })
+    // Both lines appear only when there was such an error.
+    let mut errors = 0;
+    for line in text.lines().map(str::trim) {
+        if let Some(n) = line.strip_prefix("Non-2xx or 3xx responses:") {
+            errors += n.trim().parse::<u64>().context("parsing wrk's non-2xx count")?;
+        } else if let Some(list) = line.strip_prefix("Socket errors:") {
+            // `connect 0, read 2, write 0, timeout 1`
+            for kind in list.split(',') {
+                let n = kind.split_whitespace().nth(1).unwrap_or_default();
+                errors += n
+                    .parse::<u64>()
+                    .with_context(|| format!("parsing wrk's socket errors: {line}"))?;
+            }
+        }
+    }
+    Ok(Closed { rps, requests, errors })
 }
 
 fn tempfile_dir() -> anyhow::Result<PathBuf> {
@@ -902,9 +922,16 @@ mod tests {
             parse_wrk(text).unwrap(),
             Closed {
                 rps: 55011.40,
-                requests: 55044
+                requests: 55044,
+                errors: 0
             }
         );
+        // Failures are counted, so a proxy cannot look fast by failing.
+        let failing = text.replace(
+            "64.54MB read\n",
+            "64.54MB read\n  Socket errors: connect 1, read 2, write 0, timeout 3\n  Non-2xx or 3xx responses: 40\n",
+        );
+        assert_eq!(parse_wrk(&failing).unwrap().errors, 46);
         let no_count = text.replace("55044 requests in", "requests:");
         let e = parse_wrk(&no_count).unwrap_err().to_string();
         assert!(e.contains("no request count in wrk output"), "{e}");

@@ -45,10 +45,11 @@ enum Cmd {
         /// Client connections.
         #[arg(long, default_value_t = 32)]
         connections: usize,
-        /// Fixed-rate rounds per size: each round runs every target once for
-        /// `--duration`, in a rotated order, so drift on a shared machine is spread
-        /// over all of them; figures are over all rounds, per-round CPU ratios listed.
-        /// A multiple of four (the targets) runs every target once in every position.
+        /// Rounds per size: each runs every target once closed loop and then once at
+        /// the fixed rate, `--duration` each, in a rotated order, so drift on a shared
+        /// machine is spread over all of them; figures are over all rounds, and each
+        /// ratio is also listed round by round with a 95 % interval. A multiple of
+        /// four (the targets) runs every target once in every position.
         #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=100))]
         rounds: u32,
         /// Response sizes to measure, comma-separated: `1k` (1 KiB at --rate-small, the
