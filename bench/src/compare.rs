@@ -252,36 +252,24 @@ pub async fn run(opts: CompareOptions) -> anyhow::Result<String> {
         let (size, path, rate) = (sz.label(), sz.path(), sz.rate(&opts));
         let mut cells: Vec<Cell> = targets.iter().map(|&(name, _, _)| Cell::new(name)).collect();
         for round in 0..opts.rounds.max(1) {
+            let progress = |name: &str, phase: &str| {
+                eprintln!("{size} via {name}: {phase}, round {} of {}...", round + 1, opts.rounds);
+            };
             // Rotated, so no target is always first or always last in a phase.
             for i in round_order(round, targets.len()) {
                 let (name, addr, proc_) = targets[i];
-                eprintln!(
-                    "{size} via {name}: closed loop, round {} of {}...",
-                    round + 1,
-                    opts.rounds
-                );
-                let cpu0 = proc_.map(Proc::cpu_seconds);
-                let closed = wrk_closed(&wrk, addr, path, opts.connections, opts.duration)?;
-                let cpu = proc_.zip(cpu0).map(|(p, c0)| p.cpu_seconds() - c0);
+                progress(name, "closed loop");
+                let (closed, cpu) = with_cpu(proc_, async {
+                    wrk_closed(&wrk, addr, path, opts.connections, opts.duration)
+                })
+                .await?;
                 cells[i].add_closed(closed, cpu);
             }
             for i in round_order(round, targets.len()) {
                 let (name, addr, proc_) = targets[i];
-                eprintln!(
-                    "{size} via {name}: fixed rate {rate}/s, round {} of {}...",
-                    round + 1,
-                    opts.rounds
-                );
-                let cpu0 = proc_.map(Proc::cpu_seconds);
-                let res = fixed_rate(&LoadSpec::fixed_rate_get(
-                    addr,
-                    path,
-                    rate,
-                    opts.duration,
-                    opts.connections,
-                ))
-                .await?;
-                let cpu = proc_.zip(cpu0).map(|(p, c0)| p.cpu_seconds() - c0);
+                progress(name, &format!("fixed rate {rate}/s"));
+                let spec = LoadSpec::fixed_rate_get(addr, path, rate, opts.duration, opts.connections);
+                let (res, cpu) = with_cpu(proc_, fixed_rate(&spec)).await?;
                 cells[i].add(res, cpu)?;
             }
         }
@@ -309,7 +297,18 @@ pub async fn run(opts: CompareOptions) -> anyhow::Result<String> {
     Ok(report)
 }
 
-/// The targets' order in fixed-rate round `round`: rotated by one per round, so
+/// Runs `phase` and returns its result with the CPU-seconds `proc_` (a proxy; none
+/// for direct) used meanwhile.
+async fn with_cpu<T>(
+    proc_: Option<&Proc>,
+    phase: impl Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<(T, Option<f64>)> {
+    let before = proc_.map(Proc::cpu_seconds);
+    let out = phase.await?;
+    Ok((out, proc_.zip(before).map(|(p, c0)| p.cpu_seconds() - c0)))
+}
+
+/// The targets' order in each phase of round `round`: rotated by one per round, so
 /// over `n` rounds each of `n` targets runs once in every position (a target that
 /// runs right after another, or first after a pause, is not always the same one).
 fn round_order(round: usize, n: usize) -> impl Iterator<Item = usize> {
