@@ -24,7 +24,7 @@ use http_body_util::{BodyExt, Empty, Full};
 
 use crate::load::{LoadSpec, fixed_rate};
 use crate::procs::{
-    Proc, command_on, cpus_allowed, cpus_of_this_process, ensure_installed, free_addr, pin_this_process,
+    Proc, command_on, cpu_during, cpus_allowed, cpus_of_this_process, ensure_installed, free_addr, pin_this_process,
     sibling_binary, start_edge, wait_http, write_edge_config,
 };
 
@@ -259,7 +259,7 @@ pub async fn run(opts: CompareOptions) -> anyhow::Result<String> {
             for i in round_order(round, targets.len()) {
                 let (name, addr, proc_) = targets[i];
                 progress(name, "closed loop");
-                let (closed, cpu) = with_cpu(proc_, async {
+                let (closed, cpu) = cpu_during(proc_, async {
                     wrk_closed(&wrk, addr, path, opts.connections, opts.duration)
                 })
                 .await?;
@@ -269,7 +269,7 @@ pub async fn run(opts: CompareOptions) -> anyhow::Result<String> {
                 let (name, addr, proc_) = targets[i];
                 progress(name, &format!("fixed rate {rate}/s"));
                 let spec = LoadSpec::fixed_rate_get(addr, path, rate, opts.duration, opts.connections);
-                let (res, cpu) = with_cpu(proc_, fixed_rate(&spec)).await?;
+                let (res, cpu) = cpu_during(proc_, fixed_rate(&spec)).await?;
                 cells[i].add(res, cpu)?;
             }
         }
@@ -297,17 +297,6 @@ pub async fn run(opts: CompareOptions) -> anyhow::Result<String> {
     Ok(report)
 }
 
-/// Runs `phase` and returns its result with the CPU-seconds `proc_` (a proxy; none
-/// for direct) used meanwhile.
-async fn with_cpu<T>(
-    proc_: Option<&Proc>,
-    phase: impl Future<Output = anyhow::Result<T>>,
-) -> anyhow::Result<(T, Option<f64>)> {
-    let before = proc_.map(Proc::cpu_seconds);
-    let out = phase.await?;
-    Ok((out, proc_.zip(before).map(|(p, c0)| p.cpu_seconds() - c0)))
-}
-
 /// The targets' order in each phase of round `round`: rotated by one per round, so
 /// over `n` rounds each of `n` targets runs once in every position (a target that
 /// runs right after another, or first after a pause, is not always the same one).
@@ -316,63 +305,69 @@ fn round_order(round: usize, n: usize) -> impl Iterator<Item = usize> {
 }
 
 /// One target at one size, accumulated over the rounds.
+#[derive(Default)]
 struct Cell {
     target: String,
     rps_rounds: Vec<f64>,
-    closed_requests: u64,
-    closed_cpu_seconds: Option<f64>,
-    closed_cpu_rounds: Vec<f64>,
-    ok: u64,
     errors: u64,
     latency_us: Option<hdrhistogram::Histogram<u64>>,
-    cpu_seconds: Option<f64>,
-    cpu_rounds: Vec<f64>,
     p99_rounds: Vec<f64>,
+    /// The proxy's CPU in the closed-loop phases.
+    closed_cpu: CpuTally,
+    /// The proxy's CPU in the fixed-rate phases.
+    fixed_cpu: CpuTally,
+}
+
+/// A proxy's CPU over the rounds of one phase, per 10,000 requests.
+#[derive(Default)]
+struct CpuTally {
+    seconds: Option<f64>,
+    requests: u64,
+    rounds: Vec<f64>,
+}
+
+impl CpuTally {
+    /// A round: `seconds` of CPU (none for direct) over `requests`.
+    fn add(&mut self, seconds: Option<f64>, requests: u64) {
+        self.requests += requests;
+        if let Some(c) = seconds {
+            *self.seconds.get_or_insert(0.0) += c;
+            if requests > 0 {
+                self.rounds.push(c / requests as f64 * 10_000.0);
+            }
+        }
+    }
+
+    /// Over all rounds.
+    fn per_10k(&self) -> Option<f64> {
+        self.seconds
+            .filter(|_| self.requests > 0)
+            .map(|c| c / self.requests as f64 * 10_000.0)
+    }
 }
 
 impl Cell {
     fn new(target: &str) -> Self {
         Cell {
             target: target.to_owned(),
-            rps_rounds: Vec::new(),
-            closed_requests: 0,
-            closed_cpu_seconds: None,
-            closed_cpu_rounds: Vec::new(),
-            ok: 0,
-            errors: 0,
-            latency_us: None,
-            cpu_seconds: None,
-            cpu_rounds: Vec::new(),
-            p99_rounds: Vec::new(),
+            ..Cell::default()
         }
     }
 
     fn add_closed(&mut self, closed: Closed, cpu_seconds: Option<f64>) {
         self.rps_rounds.push(closed.rps);
-        self.closed_requests += closed.requests;
         self.errors += closed.errors;
-        if let Some(c) = cpu_seconds {
-            *self.closed_cpu_seconds.get_or_insert(0.0) += c;
-            if closed.requests > 0 {
-                self.closed_cpu_rounds.push(c / closed.requests as f64 * 10_000.0);
-            }
-        }
+        self.closed_cpu.add(cpu_seconds, closed.requests);
     }
 
     fn add(&mut self, res: crate::load::LoadResult, cpu_seconds: Option<f64>) -> anyhow::Result<()> {
-        self.ok += res.ok;
         self.errors += res.errors;
+        self.fixed_cpu.add(cpu_seconds, res.ok);
         self.p99_rounds
             .push(res.latency_us.value_at_quantile(0.99) as f64 / 1000.0);
         match &mut self.latency_us {
             Some(h) => h.add(&res.latency_us).context("merging latency histograms")?,
             None => self.latency_us = Some(res.latency_us),
-        }
-        if let Some(c) = cpu_seconds {
-            *self.cpu_seconds.get_or_insert(0.0) += c;
-            if res.ok > 0 {
-                self.cpu_rounds.push(c / res.ok as f64 * 10_000.0);
-            }
         }
         Ok(())
     }
@@ -384,26 +379,20 @@ impl Cell {
                 .map_or(0.0, |h| h.value_at_quantile(q) as f64 / 1000.0)
         };
         Row {
-            target: self.target.clone(),
             size: size.into(),
             rps: self.rps_rounds.iter().sum::<f64>() / self.rps_rounds.len().max(1) as f64,
-            rps_rounds: self.rps_rounds.clone(),
-            closed_cpu_per_10k: self
-                .closed_cpu_seconds
-                .filter(|_| self.closed_requests > 0)
-                .map(|c| c / self.closed_requests as f64 * 10_000.0),
-            closed_cpu_rounds: self.closed_cpu_rounds.clone(),
+            closed_cpu_per_10k: self.closed_cpu.per_10k(),
             p50: ms(0.50),
             p99: ms(0.99),
             p999: ms(0.999),
             errors: self.errors,
-            cpu_per_10k: self
-                .cpu_seconds
-                .filter(|_| self.ok > 0)
-                .map(|c| c / self.ok as f64 * 10_000.0),
-            cpu_rounds: self.cpu_rounds.clone(),
-            p99_rounds: self.p99_rounds.clone(),
+            cpu_per_10k: self.fixed_cpu.per_10k(),
             distribution: PLOTTED.iter().map(|&q| (q, ms(q))).collect(),
+            target: self.target,
+            rps_rounds: self.rps_rounds,
+            closed_cpu_rounds: self.closed_cpu.rounds,
+            cpu_rounds: self.fixed_cpu.rounds,
+            p99_rounds: self.p99_rounds,
         }
     }
 }

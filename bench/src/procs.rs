@@ -91,6 +91,17 @@ pub async fn start_edge(
     Ok(proc_)
 }
 
+/// Runs `phase` and returns its result with the CPU-seconds `proc_` (a proxy; none
+/// for going direct) used meanwhile (see [`Proc::cpu_seconds`]).
+pub async fn cpu_during<T>(
+    proc_: Option<&Proc>,
+    phase: impl Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<(T, Option<f64>)> {
+    let before = proc_.map(Proc::cpu_seconds);
+    let out = phase.await?;
+    Ok((out, proc_.zip(before).map(|(p, c0)| p.cpu_seconds() - c0)))
+}
+
 /// A command for `program`, started on the CPUs in `cpus` (a `taskset` list such as
 /// `"0"` or `"1-3"`) when given: `taskset` sets the affinity and then executes the
 /// program, so the child's PID is the program's and its threads and children inherit

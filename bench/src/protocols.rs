@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::Context;
 
 use crate::load::{LoadResult, LoadSpec, Mode, Op, Proto, roots_from_pem, run, store_object};
-use crate::procs::{free_addr, sibling_binary, start_edge, write_edge_certs, write_edge_config};
+use crate::procs::{cpu_during, free_addr, sibling_binary, start_edge, write_edge_certs, write_edge_config};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -93,9 +93,8 @@ pub async fn run_protocols(opts: ProtocolOptions) -> anyhow::Result<String> {
             let closed = run(&spec(Mode::Closed)).await?;
             let (fixed, cpu) = if size == "1 KiB" {
                 eprintln!("{size} over {name}: fixed rate {}/s...", opts.rate);
-                let cpu0 = edge.cpu_seconds();
-                let r = run(&spec(Mode::Open { rate: opts.rate })).await?;
-                let cpu = (r.ok > 0).then(|| (edge.cpu_seconds() - cpu0) / r.ok as f64 * 10_000.0);
+                let (r, cpu) = cpu_during(Some(&edge), run(&spec(Mode::Open { rate: opts.rate }))).await?;
+                let cpu = cpu.filter(|_| r.ok > 0).map(|c| c / r.ok as f64 * 10_000.0);
                 (Some(r), cpu)
             } else {
                 (None, None)
