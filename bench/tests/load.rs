@@ -83,3 +83,45 @@ async fn open_loop_latency_includes_the_wait_a_slow_server_caused() {
     );
     assert!(r.ms(0.99) >= 1000.0, "p99 {} ms", r.ms(0.99));
 }
+
+/// Runs `meridian-bench load ARGS` against `p` at 50 GETs/s of a stored 1 KiB object;
+/// returns stdout and stderr.
+async fn cli(p: &SimProvider, args: &[&str]) -> (String, String) {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_meridian-bench"));
+    cmd.args(["load", "--target", &p.addr.to_string(), "--host", "p"])
+        .args(["--object", "1KiB", "--rate", "50", "--connections", "2"])
+        .args(args);
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    assert!(out.status.success(), "{stderr}");
+    (stdout, stderr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_command_shows_progress_on_long_runs_only_and_writes_json() {
+    let p = provider().await;
+    // A progress line (every 5 s when stderr is not a terminal) names the run's length.
+    let is_progress = |l: &str| l.starts_with('[') && l.contains("/6 s") && l.contains(" requests ");
+    let (long, quiet, short) = tokio::join!(
+        cli(&p, &["--duration", "6"]),
+        cli(&p, &["--duration", "6", "--quiet"]),
+        cli(&p, &["--duration", "1", "--json", "-"]),
+    );
+    assert!(long.1.lines().any(is_progress), "no progress line:\n{}", long.1);
+    assert!(
+        !quiet.1.lines().any(is_progress),
+        "--quiet showed progress:\n{}",
+        quiet.1
+    );
+    assert!(!short.1.contains(" requests "), "progress on a 1 s run:\n{}", short.1);
+    // The human summary, and with `--json -` the result as JSON instead.
+    assert!(long.0.contains("p99"), "{}", long.0);
+    let json: serde_json::Value = serde_json::from_str(&short.0).unwrap_or_else(|e| panic!("{e}:\n{}", short.0));
+    assert!(json["ok"].as_u64().unwrap() > 0, "{json}");
+    assert_eq!(json["errors"], 0, "{json}");
+}
